@@ -1,0 +1,14 @@
+"""A `grpc_health_probe` in Python: ask a server's grpc.health.v1 whether it is SERVING."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+async def check_health(address: str, service: str = "", timeout_s: float = 5.0) -> str:
+    """The status name the server reports, e.g. 'SERVING'."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

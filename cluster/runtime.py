@@ -1,0 +1,75 @@
+"""A running microturn: Redis, Ray, the Serve apps and a gateway, started and stopped in order.
+
+`microturn up`, `microturn demo`, the benchmarks and the end-to-end tests all use this one
+piece, so whatever starts is also stopped, in reverse order, even on errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from ray import serve
+
+from cluster.app import FOREGROUND_APP, build_foreground_app
+from cluster.config import MicroturnConfig
+from cluster.gateway import Gateway
+from cluster.ray_runtime import ray_for
+from cluster.redis_server import redis_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Endpoints:
+    gateway: str
+    redis_url: str
+    replicas: list[dict] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"gateway (gRPC: Interaction, health, reflection): {self.gateway}",
+               f"redis: {self.redis_url}"]
+        out += [f"foreground replica: {r['address']} ({r['max_sessions']} slots)" for r in self.replicas]
+        return out
+
+
+class LocalCluster:
+    """`async with LocalCluster(config) as cluster:` starts everything; leaving stops it."""
+
+    def __init__(self, config: MicroturnConfig) -> None:
+        self.config = config
+        self._stack = contextlib.AsyncExitStack()
+        self.endpoints: Endpoints | None = None
+        self.foreground = None  # DeploymentHandle
+
+    async def __aenter__(self) -> LocalCluster:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        cfg = self.config
+        redis_url = self._stack.enter_context(redis_for(cfg.redis))
+        owns_ray = self._stack.enter_context(ray_for(cfg.ray))
+        if owns_ray:
+            self._stack.push_async_callback(asyncio.to_thread, serve.shutdown)
+        else:  # a shared cluster: take away only what we deployed
+            self._stack.push_async_callback(asyncio.to_thread, serve.delete, FOREGROUND_APP)
+        log.info("starting Serve and the foreground app")
+        serve.start(proxy_location="Disabled")
+        self.foreground = await asyncio.to_thread(
+            serve.run, build_foreground_app(cfg.foreground), name=FOREGROUND_APP, route_prefix=None
+        )
+        replica = await self.foreground.describe.remote()
+        gateway = Gateway(cfg.serve.host, cfg.serve.grpc_port)
+        await gateway.start()
+        self._stack.push_async_callback(gateway.stop)
+        self.endpoints = Endpoints(gateway=gateway.address, redis_url=redis_url, replicas=[replica])

@@ -1,0 +1,23 @@
+"""`microturn up`: start everything, print the endpoints, run until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from cluster.config import MicroturnConfig
+from cluster.runtime import LocalCluster
+
+
+async def run_up(config: MicroturnConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with LocalCluster(config) as cluster:
+        for line in cluster.endpoints.lines():
+            print(line, flush=True)
+        print("microturn is up; Ctrl-C stops it", flush=True)
+        await stop.wait()
+        print("stopping", flush=True)
+    return 0

@@ -1,0 +1,1 @@
+"""microturn.v1 protocol package."""

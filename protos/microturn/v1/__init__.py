@@ -1,0 +1,1 @@
+"""Generated stubs for microturn.v1 (regenerate with `make protos`)."""
