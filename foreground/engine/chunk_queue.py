@@ -1,0 +1,50 @@
+"""A small jitter buffer of audio chunks per slot, preallocated.
+
+Chunks arrive whenever the network delivers them; each tick takes the oldest one. A tick with
+no chunk gets silence (a late chunk is counted); a full queue drops its oldest chunk (counted),
+so a client that sends too fast cannot make the session fall behind real time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from foreground.engine.session_slots import SessionRecord
+
+QUEUE_DEPTH = 4
+MAX_CHUNK_SAMPLES = 4800  # 200 ms at 24 kHz
+
+
+class ChunkQueue:
+    def __init__(self, max_slots: int, depth: int = QUEUE_DEPTH) -> None:
+        self.depth = depth
+        self.samples = torch.zeros(max_slots, depth, MAX_CHUNK_SAMPLES, dtype=torch.int16)
+        self.rates = torch.zeros(max_slots, depth, dtype=torch.int32)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [self.samples, self.rates]
+
+    def reset(self, slot: int) -> None:
+        self.rates[slot].zero_()
+
+    def push(self, record: SessionRecord, pcm16: bytes, rate: int) -> None:
+        """Queue one validated chunk (call with the slots' lock held)."""
+        head, size = record.extra.get("queue_head", 0), record.extra.get("queue_size", 0)
+        if size == self.depth:
+            head, size = (head + 1) % self.depth, size - 1
+            record.dropped_chunks += 1
+        pos = (head + size) % self.depth
+        view = torch.frombuffer(bytearray(pcm16), dtype=torch.int16)
+        self.samples[record.slot, pos, : view.numel()].copy_(view)
+        self.rates[record.slot, pos] = rate
+        record.extra["queue_head"], record.extra["queue_size"] = head, size + 1
+
+    def pop(self, record: SessionRecord) -> tuple[torch.Tensor, int] | None:
+        """The oldest chunk's samples (a view, valid until the next push) and its rate."""
+        size = record.extra.get("queue_size", 0)
+        if size == 0:
+            return None
+        head = record.extra["queue_head"]
+        rate = int(self.rates[record.slot, head])
+        record.extra["queue_head"], record.extra["queue_size"] = (head + 1) % self.depth, size - 1
+        return self.samples[record.slot, head], rate

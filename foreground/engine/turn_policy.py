@@ -1,0 +1,177 @@
+"""Who holds the floor, decided at every tick boundary, with the cause of every decision.
+
+- `model`: the turn head alone decides (the announcement's intent).
+- `vad`: the Silero VAD on the user's stream decides everything: take a free floor after a
+  silence threshold, stop as soon as the user speaks.
+- `hybrid` (the seeded default): the VAD guards the user's side (the model stops in the tick
+  the user starts and never starts over the user); the turn head decides when to take a free
+  floor, falling back to the silence threshold while the head is uncalibrated (seeded weights).
+
+Causes: "head", "vad", "threshold", "length" (a turn reached `max_turn_ticks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+LISTEN, SPEAK, BACKCHANNEL = 0, 1, 2  # turn head classes
+VAD_WINDOW_MS = 32.0
+
+
+class TurnEventKind(str, Enum):
+    USER_SPEECH_STARTED = "USER_SPEECH_STARTED"
+    USER_SPEECH_STOPPED = "USER_SPEECH_STOPPED"
+    MODEL_SPEECH_STARTED = "MODEL_SPEECH_STARTED"
+    MODEL_SPEECH_STOPPED = "MODEL_SPEECH_STOPPED"
+    INTERRUPTED = "INTERRUPTED"
+    YIELDED = "YIELDED"
+    BACKCHANNEL = "BACKCHANNEL"
+    DELEGATED = "DELEGATED"
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    kind: TurnEventKind
+    cause: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPolicyConfig:
+    policy: Literal["model", "vad", "hybrid"] = "hybrid"
+    head_calibrated: bool = False
+    vad_threshold: float = 0.5
+    silence_threshold_ms: float = 600.0
+    max_turn_ticks: int = 25  # a seeded model never ends a turn by itself: cap it at 5 s
+    delegate_threshold: float = 0.9
+    delegate_cooldown_ticks: int = 25
+
+
+@dataclass
+class TurnState:
+    """One session's floor state (moves with the session's slot)."""
+
+    model_speaking: bool = False
+    user_speaking: bool = False
+    user_spoke: bool = False  # the user said something since the model last spoke
+    silence_ms: float = 0.0  # trailing user silence, from VAD windows
+    turn_ticks: int = 0
+    epoch: int = 0
+    ticks_since_delegate: int = 1 << 30
+    decisions: list[tuple[int, str, str]] = field(default_factory=list)  # (tick, what, cause), recent
+
+
+@dataclass(frozen=True)
+class TickDecision:
+    speak: bool
+    delegate: bool
+    events: list[TurnEvent]
+
+
+class TurnPolicy:
+    def __init__(self, config: TurnPolicyConfig) -> None:
+        self.config = config
+
+    def decide(self, state: TurnState, tick: int, vad_probs: list[float], turn_logits: list[float],
+               delegate_logit: float) -> TickDecision:
+        cfg, events = self.config, []
+        user_active = self._track_user(state, vad_probs, events)
+        p_turn = _softmax(turn_logits)
+        head_says_speak = p_turn[SPEAK] >= max(p_turn[LISTEN], p_turn[BACKCHANNEL])
+
+        if state.model_speaking:
+            state.turn_ticks += 1
+            if user_active and cfg.policy in ("vad", "hybrid"):
+                self._stop(state, tick, TurnEventKind.INTERRUPTED, "vad", events)
+                state.epoch += 1
+            elif cfg.policy == "model" and not head_says_speak:
+                kind = TurnEventKind.INTERRUPTED if user_active else TurnEventKind.YIELDED
+                self._stop(state, tick, kind, "head", events)
+                if user_active:
+                    state.epoch += 1
+            elif cfg.policy == "hybrid" and cfg.head_calibrated and not head_says_speak:
+                self._stop(state, tick, TurnEventKind.YIELDED, "head", events)
+            elif cfg.policy != "model" and state.turn_ticks >= cfg.max_turn_ticks:
+                self._stop(state, tick, TurnEventKind.YIELDED, "length", events)
+        else:
+            cause = self._take_floor_cause(state, user_active, head_says_speak)
+            if cause:
+                self._start(state, tick, cause, events)
+            elif cfg.policy == "model" and user_active and p_turn[BACKCHANNEL] > max(p_turn[LISTEN], p_turn[SPEAK]):
+                events.append(TurnEvent(TurnEventKind.BACKCHANNEL, "head", state.epoch))
+
+        delegate = self._delegate(state, delegate_logit)
+        if delegate:
+            events.append(TurnEvent(TurnEventKind.DELEGATED, "head", state.epoch))
+        return TickDecision(speak=state.model_speaking, delegate=delegate, events=events)
+
+    def _track_user(self, state: TurnState, vad_probs: list[float], events: list[TurnEvent]) -> bool:
+        active = [p >= self.config.vad_threshold for p in vad_probs]
+        user_active = any(active)
+        if user_active:
+            trailing = next((i for i, a in enumerate(reversed(active)) if a), len(active))
+            state.silence_ms = trailing * VAD_WINDOW_MS
+            state.user_spoke = True
+            if not state.user_speaking:
+                state.user_speaking = True
+                events.append(TurnEvent(TurnEventKind.USER_SPEECH_STARTED, "vad", state.epoch))
+        else:
+            state.silence_ms += len(vad_probs) * VAD_WINDOW_MS
+            if state.user_speaking:
+                state.user_speaking = False
+                events.append(TurnEvent(TurnEventKind.USER_SPEECH_STOPPED, "vad", state.epoch))
+        return user_active
+
+    def _take_floor_cause(self, state: TurnState, user_active: bool, head_says_speak: bool) -> str | None:
+        cfg = self.config
+        if cfg.policy == "model":
+            return "head" if head_says_speak else None
+        if user_active or not state.user_spoke:
+            return None  # never start over the user, nor before they said anything
+        if cfg.policy == "hybrid" and cfg.head_calibrated:
+            return "head" if head_says_speak else None
+        return "threshold" if state.silence_ms >= cfg.silence_threshold_ms else None
+
+    def _delegate(self, state: TurnState, logit: float) -> bool:
+        state.ticks_since_delegate += 1
+        if _sigmoid(logit) < self.config.delegate_threshold:
+            return False
+        if state.ticks_since_delegate < self.config.delegate_cooldown_ticks:
+            return False
+        state.ticks_since_delegate = 0
+        return True
+
+    def _start(self, state: TurnState, tick: int, cause: str, events: list[TurnEvent]) -> None:
+        state.model_speaking, state.turn_ticks, state.user_spoke = True, 0, False
+        events.append(TurnEvent(TurnEventKind.MODEL_SPEECH_STARTED, cause, state.epoch))
+        _record(state, tick, "take floor", cause)
+
+    def _stop(self, state: TurnState, tick: int, kind: TurnEventKind, cause: str,
+              events: list[TurnEvent]) -> None:
+        state.model_speaking = False
+        events.append(TurnEvent(kind, cause, state.epoch))
+        events.append(TurnEvent(TurnEventKind.MODEL_SPEECH_STOPPED, cause, state.epoch))
+        _record(state, tick, kind.value.lower(), cause)
+
+
+def _record(state: TurnState, tick: int, what: str, cause: str) -> None:
+    log.debug("tick %d: %s (cause: %s)", tick, what, cause)
+    state.decisions.append((tick, what, cause))
+    del state.decisions[:-32]
+
+
+def _softmax(logits: list[float]) -> list[float]:
+    top = max(logits)
+    exps = [math.exp(v - top) for v in logits]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))

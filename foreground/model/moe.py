@@ -1,0 +1,87 @@
+"""Mixtral's sparse MoE block: a top-k router over SwiGLU experts.
+
+Tokens are grouped by expert with a stable sort (so the order in which tokens reach an expert
+is fixed by token index), each expert runs one matmul over its tokens, and each token's
+expert outputs are added in expert order, weighted by the softmax over its top-k router logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from foreground.kernels import linear, softmax_
+from foreground.model.config import ModelConfig
+
+
+class MixtralExpert(nn.Module):
+    """w2(silu(w1 x) * w3 x): names as in Mixtral checkpoints (w1 gate, w3 up, w2 down)."""
+
+    def __init__(self, d: int, inner: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(d, inner, bias=False)
+        self.w2 = nn.Linear(inner, d, bias=False)
+        self.w3 = nn.Linear(d, inner, bias=False)
+
+
+class MoeWorkspace:
+    def __init__(self, cfg: ModelConfig, n: int) -> None:
+        k, e, d, inner = cfg.num_experts_per_tok, cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size
+        self.router = torch.zeros(n, e)
+        self.top_weight = torch.zeros(n, k)
+        self.top_expert = torch.zeros(n, k, dtype=torch.int64)
+        self.top_scratch = torch.zeros(n, 1)
+        self.sorted_expert = torch.zeros(n * k, dtype=torch.int64)
+        self.order = torch.zeros(n * k, dtype=torch.int64)
+        self.token = torch.zeros(n * k, dtype=torch.int64)
+        self.counts = torch.zeros(e, dtype=torch.int64)
+        self.ones = torch.ones(n * k, dtype=torch.int64)
+        self.weight = torch.zeros(n * k, 1)
+        self.x = torch.zeros(n * k, d)
+        self.gate_up = torch.zeros(n * k, 2 * inner)
+        self.act = torch.zeros(n * k, inner)
+        self.y = torch.zeros(n * k, d)
+
+
+class MixtralSparseMoe(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.top_k, self.inner = cfg.num_experts_per_tok, cfg.intermediate_size
+        self.gate = nn.Linear(cfg.hidden_size, cfg.num_local_experts, bias=False)
+        self.experts = nn.ModuleList(MixtralExpert(cfg.hidden_size, cfg.intermediate_size)
+                                     for _ in range(cfg.num_local_experts))
+        self.gate_up: list[torch.Tensor] = []
+
+    def prepare(self) -> None:
+        """Fuse each expert's w1 and w3 into one [2*inner, d] matrix (gate rows first)."""
+        self.gate_up = [torch.cat([e.w1.weight, e.w3.weight]).detach() for e in self.experts]
+
+    def step(self, x: torch.Tensor, ws: MoeWorkspace, out: torch.Tensor) -> torch.Tensor:
+        """out[N, d] = MoE(x[N, d]); allocation-free."""
+        n, k = x.shape[0], self.top_k
+        nk = n * k
+        router = linear(x, self.gate.weight, ws.router[:n])
+        top_w, top_e = ws.top_weight[:n], ws.top_expert[:n]
+        torch.topk(router, k, dim=-1, out=(top_w, top_e))
+        softmax_(top_w, ws.top_scratch[:n])
+        flat_e = top_e.view(nk)
+        torch.sort(flat_e, stable=True, out=(ws.sorted_expert[:nk], ws.order[:nk]))
+        torch.div(ws.order[:nk], k, rounding_mode="floor", out=ws.token[:nk])
+        ws.counts.zero_().index_add_(0, flat_e, ws.ones[:nk])
+        out.zero_()
+        start = 0
+        for e, count in enumerate(ws.counts.tolist()):
+            if count == 0:
+                continue
+            rows = slice(start, start + count)
+            tokens = ws.token[rows]
+            xe = torch.index_select(x, 0, tokens, out=ws.x[rows])
+            gate_up = linear(xe, self.gate_up[e], ws.gate_up[rows])
+            act = ws.act[rows]
+            torch.mul(nn.functional.silu(gate_up[:, : self.inner], inplace=True), gate_up[:, self.inner :], out=act)
+            ye = linear(act, self.experts[e].w2.weight, ws.y[rows])
+            torch.index_select(top_w.view(nk), 0, ws.order[rows], out=ws.weight[rows].view(count))
+            ye.mul_(ws.weight[rows])
+            out.index_add_(0, tokens, ye)
+            start += count
+        return out
