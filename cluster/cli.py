@@ -30,12 +30,26 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--address", default=None, help="gateway address (default: serve.host:serve.grpc_port)")
 
     bench = commands.add_parser("bench", help="benchmarks: tick | load | duplex | compare")
-    bench.add_argument("kind", choices=["tick", "load", "duplex", "compare"])
-    bench.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
+    tick = kinds.add_parser("tick", help="sessions per foreground replica in real time")
+    tick.add_argument("--sessions", type=int, default=64)
+    tick.add_argument("--ticks", type=int, default=50)
+    tick.add_argument("--preset", default="tiny")
+    tick.add_argument("--checkpoint", type=Path, help="a checkpoint folder (default: the seeded one)")
+    tick.add_argument("--policy", default="hybrid", choices=["model", "vad", "hybrid"])
+    for name, text in (("load", "many concurrent gRPC clients: serving overhead per chunk"),
+                       ("duplex", "Full-Duplex-Bench-style turn-taking on synthesised dialogues"),
+                       ("compare", "the same backbone: the tick engine side by side with vLLM")):
+        kinds.add_parser(name, help=text)
+    for sub in kinds.choices.values():
+        sub.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     checkpoint = commands.add_parser("checkpoint", help="checkpoints: init")
-    checkpoint.add_argument("action", choices=["init"])
-    checkpoint.add_argument("dir", type=Path, nargs="?")
+    actions = checkpoint.add_subparsers(dest="action", required=True, metavar="ACTION")
+    init = actions.add_parser("init", help="write the seeded tiny checkpoint")
+    init.add_argument("dir", type=Path)
+    init.add_argument("--preset", default="tiny")
+    init.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -60,8 +74,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo written to {run_dir}/")
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"microturn {args.command}: not available in this build yet", file=sys.stderr)
+    if args.command == "checkpoint":
+        from foreground.model.checkpoint import write_seeded_checkpoint
+
+        print(write_seeded_checkpoint(args.dir, args.preset, args.seed))
+        return 0
+    if args.command == "bench" and args.kind == "tick":
+        from cluster.bench.tick import run_tick_bench
+
+        result = run_tick_bench(args.sessions, args.ticks, args.preset, args.checkpoint, args.policy)
+        return _report(result, args.json)
+    print(f"microturn {args.command} {getattr(args, 'kind', '')}: not available in this build yet",
+          file=sys.stderr)
     return 2
+
+
+def _report(result: dict, as_json: bool) -> int:
+    """Benchmarks: a readable table, then (with --json) one JSON object as the last line."""
+    for key, value in result.items():
+        if not isinstance(value, dict):
+            print(f"{key:>24}: {value}", file=sys.stderr if as_json else sys.stdout)
+    if as_json:
+        print(json.dumps(result))
+    return 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -90,3 +92,18 @@ def load_checkpoint(path: Path) -> InteractionModel:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MICROTURN_CACHE", Path.home() / ".cache" / "microturn"))
+
+
+def ensure_seeded_checkpoint(preset_name: str = "tiny", seed: int = 0) -> Path:
+    """The seeded checkpoint for (preset, seed), written once into the cache folder."""
+    out_dir = cache_root() / "checkpoints" / f"seeded-{preset_name}-{seed}"
+    if not (out_dir / WEIGHTS).exists():
+        tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+        write_seeded_checkpoint(tmp, preset_name, seed)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+    return out_dir

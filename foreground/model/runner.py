@@ -65,6 +65,9 @@ class TickOutputs:
 class ModelRunner:
     def __init__(self, model: InteractionModel, max_slots: int, noise_seed: int = 0) -> None:
         cfg = self.cfg = model.cfg
+        # Softmax and exp tails produce denormal floats, which x86 handles ~50x slower
+        # (measured: 3.8 s instead of 63 ms for a 64-session tick). Flush them to zero.
+        torch.set_flush_denormal(True)
         self.model, self.parts = model, model.interaction
         self.max_slots = max_slots
         self.backbone = Backbone(cfg, model.model)

@@ -1,0 +1,195 @@
+"""The tick engine: rates and shapes, joins and leaves, late chunks, bad input, long sessions."""
+
+import math
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from cluster.speech import synthesize
+from foreground.engine.allocations import count_tensor_allocations
+from foreground.engine.input_validation import InvalidInput
+from foreground.engine.session_slots import SessionsFull, UnknownSession
+from foreground.engine.tick_scheduler import TickScheduler
+from foreground.engine.turn_policy import TurnEventKind, TurnPolicyConfig
+from foreground.model.checkpoint import load_checkpoint, write_seeded_checkpoint
+
+IN_SAMPLES, OUT_SAMPLES = 3200, 4800
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_checkpoint(write_seeded_checkpoint(tmp_path_factory.mktemp("ck"), "tiny", seed=0))
+
+
+def _engine(model, slots=4, **turn):
+    return TickScheduler(model, max_slots=slots, turn=TurnPolicyConfig(**turn))
+
+
+def _tone(freq=220.0, rate=16_000, amp=0.2) -> bytes:
+    n = rate // 5
+    t = np.arange(n) / rate
+    return (amp * np.sin(2 * math.pi * freq * t) * 32767).astype("<i2").tobytes()
+
+
+def test_every_session_gets_200ms_of_24khz_audio_each_tick(model):
+    engine = _engine(model)
+    for name in ("a", "b", "c"):
+        engine.join(name)
+    for _ in range(3):
+        for name in ("a", "b", "c"):
+            engine.submit_audio(name, _tone())
+        outputs = engine.tick()
+        assert [o.session_id for o in outputs] == ["a", "b", "c"]
+        assert all(len(o.pcm16) == 2 * OUT_SAMPLES for o in outputs)
+    assert {o.tick for o in outputs} == {2}
+
+
+def test_24khz_input_is_accepted_and_resampled(model):
+    engine = _engine(model)
+    engine.join("hi-rate", input_rate=24_000)
+    engine.submit_audio("hi-rate", _tone(rate=24_000))
+    assert len(engine.tick()) == 1
+    assert engine.slots.get("hi-rate").late_chunks == 0
+
+
+def test_a_missing_chunk_becomes_silence_and_is_counted(model):
+    engine = _engine(model)
+    engine.join("a")
+    engine.join("b")
+    engine.submit_audio("a", _tone())
+    engine.tick()  # b sent nothing
+    assert engine.slots.get("b").late_chunks == 1 and engine.slots.get("a").late_chunks == 0
+    assert torch.count_nonzero(engine.buffers.pcm16k[1]) == 0
+
+
+def test_a_flooding_client_loses_its_oldest_chunks_not_real_time(model):
+    engine = _engine(model)
+    engine.join("fast")
+    for _ in range(6):
+        engine.submit_audio("fast", _tone())
+    engine.tick()
+    record = engine.slots.get("fast")
+    assert record.dropped_chunks == 2 and record.extra["queue_size"] == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"pcm16": b"\x00" * 6401}, "audio.pcm16"),
+        ({"pcm16": b"\x00" * 6000}, "audio.pcm16"),
+        ({"pcm16": b"\x00" * 6400, "sample_rate": 44_100}, "audio.sample_rate"),
+    ],
+)
+def test_bad_audio_fails_naming_the_field_and_others_go_on(model, kwargs, field):
+    engine = _engine(model)
+    engine.join("bad")
+    engine.join("good")
+    with pytest.raises(InvalidInput) as err:
+        engine.submit_audio("bad", **kwargs)
+    assert err.value.field == field
+    engine.submit_audio("good", _tone())
+    outputs = engine.tick()
+    assert [o.session_id for o in outputs] == ["bad", "good"]
+    assert engine.slots.get("good").late_chunks == 0
+
+
+def test_oversized_and_malformed_frames_are_refused(model):
+    engine = _engine(model)
+    engine.join("cam")
+    with pytest.raises(InvalidInput, match="video"):
+        engine.submit_video("cam", raw_rgb=b"\x00" * 12, width=5000, height=1)
+    with pytest.raises(InvalidInput, match="video.raw.rgb"):
+        engine.submit_video("cam", raw_rgb=b"\x00" * 10, width=2, height=2)
+    engine.submit_video("cam", raw_rgb=bytes(range(48)), width=4, height=4)
+    assert bool(engine.inputs.has_video[0])
+    engine.tick()
+    assert not bool(engine.inputs.has_video[0])  # a frame counts for one tick
+
+
+def test_unknown_sessions_and_full_replicas(model):
+    engine = _engine(model, slots=2)
+    with pytest.raises(UnknownSession):
+        engine.submit_audio("ghost", _tone())
+    engine.join("a")
+    engine.join("b")
+    with pytest.raises(SessionsFull):
+        engine.join("c")
+    with pytest.raises(ValueError, match="already"):
+        engine.join("b")
+    engine.leave("a")
+    assert engine.join("c").slot == 1
+
+
+def test_leaving_moves_the_last_session_with_all_its_state(model):
+    engine = _engine(model, slots=3)
+    for name in ("a", "b", "c"):
+        engine.join(name)
+    for _ in range(4):
+        for name in ("a", "b", "c"):
+            engine.submit_audio(name, _tone(300 if name == "c" else 200))
+        engine.tick()
+    c_before = engine.slots.get("c")
+    kv_before = engine.cache.k[0][2].clone()
+    pos_before = int(engine.cache.next_pos[2])
+    ticks_before = c_before.ticks
+    engine.leave("a")
+    c = engine.slots.get("c")
+    assert c.slot == 0 and engine.slots.live == 2
+    assert torch.equal(engine.cache.k[0][0], kv_before) and int(engine.cache.next_pos[0]) == pos_before
+    assert c.ticks == ticks_before
+    engine.join("d")  # takes slot 2, fresh
+    assert engine.slots.get("d").slot == 2 and int(engine.cache.next_pos[2]) == 0
+    for name in ("b", "c", "d"):
+        engine.submit_audio(name, _tone())
+    assert [o.session_id for o in engine.tick()] == ["c", "b", "d"]
+
+
+@pytest.mark.timeout(120)
+def test_speech_then_silence_gets_an_answer_and_a_barge_in_stops_it(model):
+    engine = _engine(model, slots=2, policy="hybrid", silence_threshold_ms=600)
+    engine.join("talker")
+    speech = synthesize("Hello there, could you tell me the weather today?", sample_rate=16_000)
+    ticks = [speech[i : i + IN_SAMPLES] for i in range(0, len(speech), IN_SAMPLES)]
+    ticks[-1] = np.pad(ticks[-1], (0, IN_SAMPLES - len(ticks[-1])))
+    stream = ticks + [np.zeros(IN_SAMPLES, np.float32)] * 6 + ticks[:3]
+    timeline = []
+    for tick, chunk in enumerate(stream):
+        engine.submit_audio("talker", (chunk * 32767).astype("<i2").tobytes())
+        [out] = engine.tick()
+        timeline.append((tick, out.speech, [(e.kind, e.cause) for e in out.events]))
+    started = [t for t, _, ev in timeline if (TurnEventKind.MODEL_SPEECH_STARTED, "threshold") in ev]
+    interrupted = [t for t, _, ev in timeline if (TurnEventKind.INTERRUPTED, "vad") in ev]
+    assert started and len(ticks) <= started[0] <= len(ticks) + 4
+    assert interrupted and interrupted[0] <= len(ticks) + 6 + 1  # within one tick of the onset
+    speaking_ticks = [t for t, speech_out, _ in timeline if speech_out]
+    assert speaking_ticks and all(started[0] <= t < interrupted[0] for t in speaking_ticks)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_thousand_ticks_of_one_session_keep_memory_flat(model):
+    engine = _engine(model, slots=1, policy="vad", silence_threshold_ms=400)
+    engine.join("long")
+    chunks = [_tone(180), _tone(180), bytes(2 * IN_SAMPLES), bytes(2 * IN_SAMPLES), bytes(2 * IN_SAMPLES)]
+    process = psutil.Process()
+    rss = []
+    allocations = 0
+    for tick in range(2100):
+        engine.submit_audio("long", chunks[tick % len(chunks)])
+        if tick % 500 == 250:
+            with count_tensor_allocations() as report:
+                engine.tick()
+            allocations += report.count
+        else:
+            engine.tick()
+        if tick in (300, 2099):  # after the first counted tick (the counter loads code once)
+            rss.append(process.memory_info().rss)
+    assert allocations == 0
+    assert rss[1] <= rss[0] * 1.01
+    tokens = 2100 * model.cfg.tokens_per_tick
+    assert int(engine.cache.next_pos[0]) == tokens  # the ring wrapped ~100 times
+    entries = sorted(engine.cache.entry_pos[0].tolist())
+    sinks, window = model.cfg.attention_sinks, model.cfg.attention_window
+    assert entries == list(range(sinks)) + list(range(tokens - window, tokens))
