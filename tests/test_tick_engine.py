@@ -193,3 +193,16 @@ def test_two_thousand_ticks_of_one_session_keep_memory_flat(model):
     entries = sorted(engine.cache.entry_pos[0].tolist())
     sinks, window = model.cfg.attention_sinks, model.cfg.attention_window
     assert entries == list(range(sinks)) + list(range(tokens - window, tokens))
+
+
+def test_the_delegate_head_hands_a_job_to_the_sink(tmp_path):
+    model = load_checkpoint(write_seeded_checkpoint(tmp_path, "tiny", seed=0))
+    model.interaction.delegate_head.bias.fill_(10.0)  # a head that always wants help
+    engine = TickScheduler(model, max_slots=2, turn=TurnPolicyConfig(delegate_cooldown_ticks=5))
+    engine.join("asker")
+    engine.submit_text("asker", "what is the weather in Paris?")
+    delegated = [out.delegated_job_id for _ in range(6) for out in engine.tick()]
+    jobs = engine.jobs.jobs
+    assert len(jobs) == 2 and delegated[0] == jobs[0].job_id and delegated[5] == jobs[1].job_id
+    assert jobs[0].session_id == "asker" and jobs[0].epoch == 0
+    assert jobs[0].conversation[0].text == "what is the weather in Paris?"
