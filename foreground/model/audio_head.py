@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from foreground.kernels import linear
+from foreground.kernels.matmul import pad_rows
 from foreground.model.config import ModelConfig
 
 TIME_FEATURES = 32
@@ -28,8 +29,9 @@ def time_features(t: float) -> torch.Tensor:
 
 class FlowHeadWorkspace:
     def __init__(self, rows: int, hidden: int, channels: int) -> None:
+        rows = pad_rows(rows)
+        self.state = torch.zeros(rows, channels)
         self.cond = torch.zeros(rows, hidden)
-        self.z_in = torch.zeros(rows, hidden)
         self.z = torch.zeros(rows, hidden)
         self.z2 = torch.zeros(rows, hidden)
         self.velocity = torch.zeros(rows, channels)
@@ -53,18 +55,18 @@ class FlowAudioHead(nn.Module):
             feats = torch.stack([time_features(s / self.steps) for s in range(self.steps)])
             self.time_rows = self.time_proj(feats)
 
-    def sample(self, cond_h: torch.Tensor, noise: torch.Tensor, ws: FlowHeadWorkspace,
+    def sample(self, cond_h: torch.Tensor, m: int, noise: torch.Tensor, ws: FlowHeadWorkspace,
                out: torch.Tensor) -> torch.Tensor:
-        """out[M, C] = the flow's endpoint from noise[M, C], conditioned on cond_h[M, d]."""
-        m = cond_h.shape[0]
-        cond = linear(cond_h, self.cond_proj.weight, ws.cond[:m], bias=self.cond_proj.bias)
-        z_in, z, z2, velocity = ws.z_in[:m], ws.z[:m], ws.z2[:m], ws.velocity[:m]
-        out.copy_(noise)
+        """out[m, C] = the flow's endpoint from noise[m, C], conditioned on cond_h[:m]
+        (cond_h holds at least pad_rows(m) rows)."""
+        rows = pad_rows(m)
+        cond = linear(cond_h[:rows], self.cond_proj.weight, ws.cond[:rows], bias=self.cond_proj.bias)
+        state, z, z2, velocity = ws.state[:rows], ws.z[:rows], ws.z2[:rows], ws.velocity[:rows]
+        state[:m].copy_(noise)
         for s in range(self.steps):
-            torch.add(cond, self.time_rows[s], out=z_in)
-            torch.addmm(z_in, out, self.x_proj.weight.t(), out=z)
+            linear(state, self.x_proj.weight, z).add_(cond).add_(self.time_rows[s])
             nn.functional.silu(z, inplace=True)
             nn.functional.silu(linear(z, self.mid.weight, z2, bias=self.mid.bias), inplace=True)
             linear(z2, self.out.weight, velocity, bias=self.out.bias)
-            out.add_(velocity, alpha=1.0 / self.steps)
-        return out
+            state.add_(velocity, alpha=1.0 / self.steps)
+        return out.copy_(state[:m])

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from foreground.kernels import apply_rotary_, attend_slots, linear, rms_norm
+from foreground.kernels.matmul import pad_rows
 from foreground.kernels.rotary import rotary_inv_freq, rotary_tables_
 from foreground.model.config import ModelConfig
 from foreground.model.moe import MixtralSparseMoe, MoeWorkspace
@@ -73,21 +74,22 @@ class BackboneWorkspace:
 
     def __init__(self, cfg: ModelConfig, max_slots: int, tokens: int) -> None:
         n = max_slots * tokens
+        padded = pad_rows(n)  # matmuls compute whole row tiles (see kernels.matmul)
         h, kvh, hd, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
         g = h // kvh
         self.max_slots, self.tokens = max_slots, tokens
         self.hidden = torch.zeros(n, d)
-        self.normed = torch.zeros(n, d)
+        self.normed = torch.zeros(padded, d)
         self.norm_scratch = torch.zeros(n, 1)
-        self.qkv = torch.zeros(n, (h + 2 * kvh) * hd)
+        self.qkv = torch.zeros(padded, (h + 2 * kvh) * hd)
         self.k_stage = torch.zeros(n, kvh, hd)
         self.v_stage = torch.zeros(n, kvh, hd)
         self.q_grouped = torch.zeros(max_slots, kvh, g * tokens, hd)
         self.scores = torch.zeros(max_slots, kvh, g * tokens, cfg.cache_len)
         self.score_scratch = torch.zeros(max_slots, kvh, g * tokens, 1)
         self.attn = torch.zeros(max_slots, kvh, g * tokens, hd)
-        self.attn_tokens = torch.zeros(n, h * hd)
-        self.attn_out = torch.zeros(n, d)
+        self.attn_tokens = torch.zeros(padded, h * hd)
+        self.attn_out = torch.zeros(padded, d)
         self.cos = torch.zeros(max_slots, tokens, 1, hd // 2)
         self.sin = torch.zeros(max_slots, tokens, 1, hd // 2)
         self.rot_a = torch.zeros(n, h, hd // 2)
@@ -112,6 +114,7 @@ class Backbone:
         the cache must be planned for this step. Returns the final hidden states (pre-norm)."""
         cfg, tokens = self.cfg, ws.tokens
         n = batch * tokens
+        rows = pad_rows(n)
         h, kvh, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         g = h // kvh
         x = ws.hidden[:n]
@@ -120,8 +123,8 @@ class Backbone:
         cos, sin = cos.view(n, 1, hd // 2), sin.view(n, 1, hd // 2)
         for i, layer in enumerate(self.model.layers):
             attn = layer.self_attn
-            normed = rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps, ws.normed[:n], ws.norm_scratch[:n])
-            qkv = linear(normed, attn.qkv_weight, ws.qkv[:n])
+            rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps, ws.normed[:n], ws.norm_scratch[:n])
+            qkv = linear(ws.normed[:rows], attn.qkv_weight, ws.qkv[:rows])[:n]
             q = qkv[:, : h * hd].view(n, h, hd)
             k = ws.k_stage[:n]
             k.copy_(qkv[:, h * hd : (h + kvh) * hd].view(n, kvh, hd))
@@ -137,9 +140,8 @@ class Backbone:
                                ws.scores[:batch], ws.score_scratch[:batch], ws.attn[:batch])
             ws.attn_tokens[:n].view(batch, tokens, kvh, g, hd).copy_(
                 out.view(batch, kvh, g, tokens, hd).permute(0, 3, 1, 2, 4))
-            x.add_(linear(ws.attn_tokens[:n], attn.o_proj.weight, ws.attn_out[:n]))
-            normed = rms_norm(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps, ws.normed[:n],
-                              ws.norm_scratch[:n])
-            layer.block_sparse_moe.step(normed, ws.moe, out=ws.attn_out[:n])
+            x.add_(linear(ws.attn_tokens[:rows], attn.o_proj.weight, ws.attn_out[:rows])[:n])
+            rms_norm(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps, ws.normed[:n], ws.norm_scratch[:n])
+            layer.block_sparse_moe.step(ws.normed, n, ws.moe, out=ws.attn_out[:n])
             x.add_(ws.attn_out[:n])
         return x

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from foreground.kernels import linear, softmax_
+from foreground.kernels.matmul import ROW_TILE, MIN_TILES, pad_rows
 from foreground.model.config import ModelConfig
 
 
@@ -27,7 +28,9 @@ class MixtralExpert(nn.Module):
 class MoeWorkspace:
     def __init__(self, cfg: ModelConfig, n: int) -> None:
         k, e, d, inner = cfg.num_experts_per_tok, cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size
-        self.router = torch.zeros(n, e)
+        # An expert's rows start anywhere in the shared buffers and are computed in whole tiles.
+        rows = n * k + MIN_TILES * ROW_TILE
+        self.router = torch.zeros(pad_rows(n), e)
         self.top_weight = torch.zeros(n, k)
         self.top_expert = torch.zeros(n, k, dtype=torch.int64)
         self.top_scratch = torch.zeros(n, 1)
@@ -37,10 +40,10 @@ class MoeWorkspace:
         self.counts = torch.zeros(e, dtype=torch.int64)
         self.ones = torch.ones(n * k, dtype=torch.int64)
         self.weight = torch.zeros(n * k, 1)
-        self.x = torch.zeros(n * k, d)
-        self.gate_up = torch.zeros(n * k, 2 * inner)
-        self.act = torch.zeros(n * k, inner)
-        self.y = torch.zeros(n * k, d)
+        self.x = torch.zeros(rows, d)
+        self.gate_up = torch.zeros(rows, 2 * inner)
+        self.act = torch.zeros(rows, inner)
+        self.y = torch.zeros(rows, d)
 
 
 class MixtralSparseMoe(nn.Module):
@@ -56,11 +59,12 @@ class MixtralSparseMoe(nn.Module):
         """Fuse each expert's w1 and w3 into one [2*inner, d] matrix (gate rows first)."""
         self.gate_up = [torch.cat([e.w1.weight, e.w3.weight]).detach() for e in self.experts]
 
-    def step(self, x: torch.Tensor, ws: MoeWorkspace, out: torch.Tensor) -> torch.Tensor:
-        """out[N, d] = MoE(x[N, d]); allocation-free."""
-        n, k = x.shape[0], self.top_k
+    def step(self, x_rows: torch.Tensor, n: int, ws: MoeWorkspace, out: torch.Tensor) -> torch.Tensor:
+        """out[n, d] = MoE(x_rows[:n]); x_rows holds at least pad_rows(n) rows. Allocation-free."""
+        k = self.top_k
         nk = n * k
-        router = linear(x, self.gate.weight, ws.router[:n])
+        x = x_rows[:n]
+        router = linear(x_rows[: pad_rows(n)], self.gate.weight, ws.router[: pad_rows(n)])[:n]
         top_w, top_e = ws.top_weight[:n], ws.top_expert[:n]
         torch.topk(router, k, dim=-1, out=(top_w, top_e))
         softmax_(top_w, ws.top_scratch[:n])
@@ -73,13 +77,13 @@ class MixtralSparseMoe(nn.Module):
         for e, count in enumerate(ws.counts.tolist()):
             if count == 0:
                 continue
-            rows = slice(start, start + count)
+            rows, tiled = slice(start, start + count), slice(start, start + pad_rows(count))
             tokens = ws.token[rows]
-            xe = torch.index_select(x, 0, tokens, out=ws.x[rows])
-            gate_up = linear(xe, self.gate_up[e], ws.gate_up[rows])
-            act = ws.act[rows]
-            torch.mul(nn.functional.silu(gate_up[:, : self.inner], inplace=True), gate_up[:, self.inner :], out=act)
-            ye = linear(act, self.experts[e].w2.weight, ws.y[rows])
+            torch.index_select(x, 0, tokens, out=ws.x[rows])
+            gate_up = linear(ws.x[tiled], self.gate_up[e], ws.gate_up[tiled])[:count]
+            torch.mul(nn.functional.silu(gate_up[:, : self.inner], inplace=True), gate_up[:, self.inner :],
+                      out=ws.act[rows])
+            ye = linear(ws.act[tiled], self.experts[e].w2.weight, ws.y[tiled])[:count]
             torch.index_select(top_w.view(nk), 0, ws.order[rows], out=ws.weight[rows].view(count))
             ye.mul_(ws.weight[rows])
             out.index_add_(0, tokens, ye)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from foreground.kernels import linear, rms_norm
+from foreground.kernels.matmul import pad_rows
 from foreground.model.audio_head import FlowHeadWorkspace
 from foreground.model.backbone import Backbone, BackboneWorkspace, KVCache
 from foreground.model.config import ModelConfig
@@ -83,14 +84,17 @@ class ModelRunner:
         codes = a.n_mels * a.dmel_bins
         self.code_offset = torch.arange(c, dtype=torch.int64) * a.dmel_bins
         self.code_index = torch.zeros(max_slots * f, 2 * c, dtype=torch.int64)
-        self.one_hot = torch.zeros(max_slots * f, 2 * codes)
-        self.frame_emb = torch.zeros(max_slots * f, d)
+        # Matmul inputs and outputs hold whole row tiles (see kernels.matmul).
+        self.one_hot = torch.zeros(pad_rows(max_slots * f), 2 * codes)
+        self.frame_emb = torch.zeros(pad_rows(max_slots * f), d)
         self.head_in = torch.zeros(max_slots, f + 1, d)
         self.head_normed = torch.zeros(max_slots * (f + 1), d)
         self.head_scratch = torch.zeros(max_slots * (f + 1), 1)
-        self.frame_h = torch.zeros(max_slots * f, d)
-        self.act_h = torch.zeros(max_slots, d)
-        self.text_logits = torch.zeros(max_slots * f, cfg.vocab_size)
+        self.frame_h = torch.zeros(pad_rows(max_slots * f), d)
+        self.act_h = torch.zeros(pad_rows(max_slots), d)
+        self.text_logits = torch.zeros(pad_rows(max_slots * f), cfg.vocab_size)
+        self.turn_logits = torch.zeros(pad_rows(max_slots), cfg.turn_classes)
+        self.delegate_logit = torch.zeros(pad_rows(max_slots), 1)
         self.noise = torch.zeros(max_slots, f * c)
         self.flow_ws = FlowHeadWorkspace(max_slots * f, cfg.flow_hidden, c)
         gen = torch.Generator().manual_seed(noise_seed)
@@ -122,7 +126,8 @@ class ModelRunner:
         codes[..., c:].add_(c * cfg.audio.dmel_bins)
         one_hot = self.one_hot[: b * f].zero_()
         one_hot.scatter_(1, codes.view(b * f, 2 * c), 1.0)
-        frames = linear(one_hot, parts.audio_in.weight, self.frame_emb[: b * f])
+        rows = pad_rows(b * f)
+        frames = linear(self.one_hot[:rows], parts.audio_in.weight, self.frame_emb[:rows])[: b * f]
         x[:, lay.frames].copy_(frames.view(b, f, -1))
         x[:, lay.act].copy_(parts.act)
 
@@ -133,16 +138,20 @@ class ModelRunner:
         head_in.copy_(x.view(b, cfg.tokens_per_tick, -1)[:, lay.frames.start :])
         normed = rms_norm(head_in.view(b * (f + 1), -1), self.model.model.norm.weight, cfg.rms_norm_eps,
                           self.head_normed[: b * (f + 1)], self.head_scratch[: b * (f + 1)]).view(b, f + 1, -1)
-        frame_h = self.frame_h[: b * f]
-        frame_h.view(b, f, -1).copy_(normed[:, :f])
-        act_h = self.act_h[:b]
-        act_h.copy_(normed[:, f])
-        logits = linear(frame_h, self.model.lm_head.weight, self.text_logits[: b * f])
+        self.frame_h[: b * f].view(b, f, -1).copy_(normed[:, :f])
+        self.act_h[:b].copy_(normed[:, f])
+        frame_rows, act_rows = pad_rows(b * f), pad_rows(b)
+        frame_h, act_h = self.frame_h[:frame_rows], self.act_h[:act_rows]
+        logits = linear(frame_h, self.model.lm_head.weight, self.text_logits[:frame_rows])[: b * f]
         torch.argmax(logits, dim=-1, out=out.text_ids[:b].view(b * f))
         noise = torch.index_select(self.noise_table, 0, inputs.noise_page[:b], out=self.noise[:b])
-        parts.audio_head.sample(frame_h, noise.view(b * f, c), self.flow_ws, out=out.log_mel[:b].view(b * f, c))
-        linear(act_h, parts.turn_head.weight, out.turn_logits[:b], bias=parts.turn_head.bias)
-        linear(act_h, parts.delegate_head.weight, out.delegate_logit[:b], bias=parts.delegate_head.bias)
+        parts.audio_head.sample(frame_h, b * f, noise.view(b * f, c), self.flow_ws,
+                                out=out.log_mel[:b].view(b * f, c))
+        turn = linear(act_h, parts.turn_head.weight, self.turn_logits[:act_rows], bias=parts.turn_head.bias)
+        out.turn_logits[:b].copy_(turn[:b])
+        delegate = linear(act_h, parts.delegate_head.weight, self.delegate_logit[:act_rows],
+                          bias=parts.delegate_head.bias)
+        out.delegate_logit[:b].copy_(delegate[:b])
 
 
 class BlockLayout:

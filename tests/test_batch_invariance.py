@@ -1,0 +1,99 @@
+"""Batch invariance: a session's outputs do not depend on who else shares its ticks.
+
+Probe sessions get fixed input streams; their audio, text, log-mel and head logits are
+recorded when each runs alone, then compared bitwise with runs in batches of 2..64, in other
+orders, and while filler sessions join and leave (which moves sessions between slots).
+"""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from foreground.engine.tick_scheduler import TickScheduler
+from foreground.engine.turn_policy import TurnPolicyConfig
+from foreground.model.checkpoint import load_checkpoint, write_seeded_checkpoint
+
+TICKS = 6
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_checkpoint(write_seeded_checkpoint(tmp_path_factory.mktemp("ck"), "tiny", seed=1))
+
+
+def _stream(seed: int) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(3200) / 16_000
+    chunks = []
+    for k in range(TICKS):
+        f0 = rng.uniform(90, 300)
+        wave = rng.uniform(0.02, 0.3) * np.sin(2 * np.pi * f0 * t + k) + rng.normal(0, 0.02, t.size)
+        chunks.append((np.clip(wave, -1, 1) * 32767).astype("<i2").tobytes())
+    return chunks
+
+
+def _run(model, probes: list[str], fillers: list[str], order_seed: int, churn: bool) -> dict:
+    """Run probes (and fillers) for TICKS ticks; record each probe's outputs per tick."""
+    engine = TickScheduler(model, max_slots=64, turn=TurnPolicyConfig(policy="vad", silence_threshold_ms=200))
+    names = probes + fillers
+    random.Random(order_seed).shuffle(names)
+    live = set()
+    for name in names:
+        engine.join(name, seed=hash(name) % 997)
+        live.add(name)
+    streams = {name: _stream(int(name.split("-")[1])) for name in names}
+    record: dict[str, list] = {p: [] for p in probes}
+    rng = random.Random(order_seed + 1)
+    for tick in range(TICKS):
+        if churn and tick in (2, 4):
+            for name in rng.sample(sorted(live - set(probes)), k=min(3, len(live - set(probes)))):
+                engine.leave(name)
+                live.discard(name)
+            fresh = f"late-{900 + tick}"
+            engine.join(fresh, seed=5)
+            streams[fresh] = _stream(900 + tick)
+            live.add(fresh)
+        for name in sorted(live):
+            engine.submit_audio(name, streams[name][tick])
+        outputs = {o.session_id: o for o in engine.tick()}
+        for p in probes:
+            slot = engine.slots.get(p).slot
+            record[p].append((outputs[p].pcm16, outputs[p].speech,
+                              engine.outputs.text_ids[slot].clone(), engine.outputs.log_mel[slot].clone(),
+                              engine.outputs.turn_logits[slot].clone(), engine.outputs.delegate_logit[slot].clone()))
+    return record
+
+
+def _assert_same(alone, batched, probe):
+    for tick, (a, b) in enumerate(zip(alone, batched, strict=True)):
+        assert a[0] == b[0], f"{probe} tick {tick}: audio differs"
+        assert a[1] == b[1], f"{probe} tick {tick}: turn decision differs"
+        for name, x, y in zip(("text", "log_mel", "turn", "delegate"), a[2:], b[2:], strict=True):
+            assert torch.equal(x, y), f"{probe} tick {tick}: {name} differs (max {float((x - y).abs().max())})"
+
+
+PROBES = ["probe-1", "probe-2", "probe-3"]
+
+
+@pytest.fixture(scope="module")
+def alone(model):
+    return {p: _run(model, [p], [], 0, churn=False)[p] for p in PROBES}
+
+
+@pytest.mark.parametrize("batch", [2, 3, 8, 17, 64])
+def test_probes_match_their_solo_runs_in_any_batch(model, alone, batch):
+    fillers = [f"filler-{100 + i}" for i in range(batch - len(PROBES))] if batch > 3 else []
+    probes = PROBES[: min(batch, 3)]
+    record = _run(model, probes, fillers, order_seed=batch, churn=False)
+    for p in probes:
+        _assert_same(alone[p], record[p], p)
+
+
+def test_probes_match_while_others_join_and_leave(model, alone):
+    fillers = [f"filler-{200 + i}" for i in range(20)]
+    record = _run(model, PROBES, fillers, order_seed=7, churn=True)
+    for p in PROBES:
+        _assert_same(alone[p], record[p], p)
