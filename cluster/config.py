@@ -55,6 +55,8 @@ class ForegroundConfig(Section):
     max_sessions: int = Field(64, gt=0, le=4096, description="preallocated slots per replica")
     tick_ms: int = Field(200, gt=0)
     turn_policy: Literal["model", "vad", "hybrid"] = "hybrid"
+    kernels: Literal["invariant", "fast"] = Field(
+        "invariant", description="batch-invariant matmuls (default) or plain ones (not reproducible)")
     replicas: int = Field(1, gt=0)
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)

@@ -97,3 +97,31 @@ def test_probes_match_while_others_join_and_leave(model, alone):
     record = _run(model, PROBES, fillers, order_seed=7, churn=True)
     for p in PROBES:
         _assert_same(alone[p], record[p], p)
+
+
+def test_prefill_in_one_step_equals_tick_by_tick(model):
+    """KV is written before attention and attention always spans the whole fixed-size cache,
+    so one step over a history reduces exactly like the ticks that made it."""
+    from foreground.engine.kv_ring import RingKVCache
+    from foreground.model.backbone import Backbone, BackboneWorkspace
+
+    cfg, ticks = model.cfg, 10
+    t = cfg.tokens_per_tick
+    backbone = Backbone(cfg, model.model)
+    history = torch.randn(2, ticks * t, cfg.hidden_size, generator=torch.Generator().manual_seed(0))
+
+    ws, cache = BackboneWorkspace(cfg, 2, t), RingKVCache(cfg, 2, t)
+    stepped = []
+    for k in range(ticks):
+        ws.hidden[: 2 * t].view(2, t, -1).copy_(history[:, k * t : (k + 1) * t])
+        cache.plan(2, t)
+        stepped.append(backbone.step(ws, cache, 2).view(2, t, -1).clone())
+    stepped = torch.cat(stepped, dim=1)
+
+    long = ticks * t
+    ws_long, cache_long = BackboneWorkspace(cfg, 2, long), RingKVCache(cfg, 2, long)
+    ws_long.hidden[: 2 * long].view(2, long, -1).copy_(history)
+    cache_long.plan(2, long)
+    prefilled = backbone.step(ws_long, cache_long, 2).view(2, long, -1)
+    assert torch.equal(prefilled, stepped)
+    assert all(torch.equal(cache.k[i][:2], cache_long.k[i][:2]) for i in range(cfg.num_hidden_layers))

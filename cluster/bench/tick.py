@@ -1,14 +1,21 @@
 """`microturn bench tick`: how many sessions one foreground replica carries in real time.
 
 N sessions join one `TickScheduler`; every tick each session submits a 200 ms chunk (a
-seeded mix of tones and noise at speech level) and the engine runs one batched tick. Ticks are
-timed back to back (no sleeping), after warm-up. Then a few more ticks run under the
-allocation counter (it slows ops down, so they are not timed), and RSS is compared between
-the end of warm-up and the end of the run.
+seeded mix of tones and noise at speech level, different per session) and the engine runs one
+batched tick. Ticks run back to back (no sleeping) after warm-up, in three phases:
+
+1. invariant kernels (the default), timed; each session's outputs are digested;
+2. fast kernels (plain matmuls), timed, for `invariant_overhead_ratio` (phase 1 / phase 2 p50);
+3. a few ticks under the allocation counter (it slows ops, so they are not timed).
+
+Then every session is replayed alone through phase 1 (same chunks, same seed) and its digests
+compared: `invariant` is true when all are bitwise equal. RSS is compared between the end of
+warm-up and the end of phase 1.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -20,6 +27,7 @@ from cluster.bench.stats import percentile
 from foreground.engine.allocations import count_tensor_allocations
 from foreground.engine.tick_scheduler import TickScheduler
 from foreground.engine.turn_policy import TurnPolicyConfig
+from foreground.kernels.matmul import use_invariant_kernels
 from foreground.model.checkpoint import ensure_seeded_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -41,52 +49,89 @@ def synthetic_chunks(sessions: int, samples: int, seed: int) -> list[bytes]:
     return chunks
 
 
-def run_tick_bench(sessions: int, ticks: int, preset: str = "tiny", checkpoint=None,
-                   turn_policy: str = "hybrid") -> dict:
-    model = load_checkpoint(checkpoint or ensure_seeded_checkpoint(preset))
-    engine = TickScheduler(model, max_slots=sessions, turn=TurnPolicyConfig(policy=turn_policy))
-    for i in range(sessions):
-        engine.join(f"bench-{i}", seed=i)
-    chunks = synthetic_chunks(sessions, model.cfg.audio.input_samples_per_tick, seed=0)
+class _Driver:
+    """Feeds sessions their chunk each tick, times ticks, digests each session's outputs."""
 
-    def one_tick() -> float:
-        for i, chunk in enumerate(chunks):
-            engine.submit_audio(f"bench-{i}", chunk)
+    def __init__(self, engine: TickScheduler, names: list[str], chunks: list[bytes]) -> None:
+        self.engine, self.names, self.chunks = engine, names, chunks
+
+    def tick(self, digests: dict[str, list[str]] | None = None) -> float:
+        for name, chunk in zip(self.names, self.chunks, strict=True):
+            self.engine.submit_audio(name, chunk)
         start = time.perf_counter()
-        engine.tick()
-        return (time.perf_counter() - start) * 1000
+        outputs = self.engine.tick()
+        elapsed = (time.perf_counter() - start) * 1000
+        if digests is not None:
+            for out in outputs:
+                digests.setdefault(out.session_id, []).append(self._digest(out))
+        return elapsed
 
+    def _digest(self, out) -> str:
+        e, slot = self.engine, self.engine.slots.get(out.session_id).slot
+        h = hashlib.blake2b(out.pcm16, digest_size=16)
+        for t in (e.outputs.text_ids[slot], e.outputs.log_mel[slot], e.outputs.turn_logits[slot],
+                  e.outputs.delegate_logit[slot]):
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+
+def _new_engine(model, slots: int, policy: str) -> TickScheduler:
+    return TickScheduler(model, max_slots=slots, turn=TurnPolicyConfig(policy=policy))
+
+
+def run_tick_bench(sessions: int, ticks: int, preset: str = "tiny", checkpoint=None,
+                   turn_policy: str = "hybrid", check_invariance: bool = True) -> dict:
+    model = load_checkpoint(checkpoint or ensure_seeded_checkpoint(preset))
+    engine = _new_engine(model, sessions, turn_policy)
+    names = [f"bench-{i}" for i in range(sessions)]
+    for i, name in enumerate(names):
+        engine.join(name, seed=i)
+    chunks = synthetic_chunks(sessions, model.cfg.audio.input_samples_per_tick, seed=0)
+    driver = _Driver(engine, names, chunks)
+
+    digests: dict[str, list[str]] = {}
+    use_invariant_kernels(True)
     for _ in range(WARMUP_TICKS):
-        one_tick()
+        driver.tick(digests)
     process = psutil.Process()
     rss_start = process.memory_info().rss
-    durations = []
+    invariant_ms = []
     for k in range(ticks):
-        durations.append(one_tick())
+        invariant_ms.append(driver.tick(digests))
         if (k + 1) % max(1, ticks // 5) == 0:
-            log.info("tick %d/%d: %.1f ms", k + 1, ticks, durations[-1])
+            log.info("invariant tick %d/%d: %.1f ms", k + 1, ticks, invariant_ms[-1])
     rss_end = process.memory_info().rss
-    allocations = 0
-    by_op: dict[str, int] = {}
+
+    use_invariant_kernels(False)
+    fast_ms = [driver.tick() for _ in range(ticks)]
+    use_invariant_kernels(True)
+    log.info("fast-path ticks done: p50 %.1f ms", percentile(fast_ms, 50))
+
+    allocations, by_op = 0, {}
     for _ in range(COUNTED_TICKS):
-        for i, chunk in enumerate(chunks):
-            engine.submit_audio(f"bench-{i}", chunk)
         with count_tensor_allocations() as report:
-            engine.tick()
+            driver.tick()
         allocations += report.count
         for op, n in report.by_op.items():
             by_op[op] = by_op.get(op, 0) + n
-    p99 = percentile(durations, 99)
+
+    invariant = _replay_alone(model, names, chunks, digests, WARMUP_TICKS + ticks, turn_policy) \
+        if check_invariance else None
+    p99 = percentile(invariant_ms, 99)
     return {
         "bench": "tick",
         "preset": preset,
         "sessions": sessions,
         "ticks": ticks,
         "threads": torch.get_num_threads(),
-        "tick_ms_p50": round(percentile(durations, 50), 2),
+        "tick_ms_p50": round(percentile(invariant_ms, 50), 2),
         "tick_ms_p99": round(p99, 2),
-        "tick_ms_max": round(max(durations), 2),
+        "tick_ms_max": round(max(invariant_ms), 2),
         "realtime": p99 < model.cfg.audio.tick_ms,
+        "fast_tick_ms_p50": round(percentile(fast_ms, 50), 2),
+        "fast_tick_ms_p99": round(percentile(fast_ms, 99), 2),
+        "invariant_overhead_ratio": round(percentile(invariant_ms, 50) / percentile(fast_ms, 50), 3),
+        "invariant": invariant,
         "hot_path_allocations": allocations,
         "hot_path_allocations_by_op": by_op,
         "allocation_ticks_counted": COUNTED_TICKS,
@@ -94,3 +139,20 @@ def run_tick_bench(sessions: int, ticks: int, preset: str = "tiny", checkpoint=N
         "rss_growth_pct": round(100.0 * (rss_end - rss_start) / rss_start, 3),
         "late_chunks": sum(r.late_chunks for r in engine.slots.records()),
     }
+
+
+def _replay_alone(model, names, chunks, digests, ticks: int, policy: str) -> bool:
+    """Each session alone (one slot of a fresh-state engine), same chunks: same digests?"""
+    solo = _new_engine(model, 1, policy)
+    for i, (name, chunk) in enumerate(zip(names, chunks, strict=True)):
+        solo.join(name, seed=i)
+        alone: dict[str, list[str]] = {}
+        driver = _Driver(solo, [name], [chunk])
+        for _ in range(ticks):
+            driver.tick(alone)
+        solo.leave(name)
+        if alone[name] != digests[name][:ticks]:
+            log.warning("session %s: outputs alone differ from its batched outputs", name)
+            return False
+    log.info("all %d sessions: batched outputs bitwise equal to solo runs", len(names))
+    return True

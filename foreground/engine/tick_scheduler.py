@@ -25,6 +25,7 @@ from foreground.engine.kv_ring import RingKVCache
 from foreground.engine.session_slots import SessionRecord, SessionSlots
 from foreground.engine.turn_policy import TurnEvent, TurnPolicy, TurnPolicyConfig, TurnState
 from foreground.engine.vad import BatchedSileroVad
+from foreground.kernels.matmul import use_invariant_kernels
 from foreground.model.audio_features import DMelFeaturizer, Resampler24kTo16k
 from foreground.model.config import PAD_ID
 from foreground.model.interaction_model import InteractionModel
@@ -86,8 +87,11 @@ class _StreamBuffers:
 
 class TickScheduler:
     def __init__(self, model: InteractionModel, max_slots: int, turn: TurnPolicyConfig,
-                 jobs: JobSink | None = None, default_input_rate: int = 16_000) -> None:
+                 jobs: JobSink | None = None, default_input_rate: int = 16_000,
+                 invariant_kernels: bool = True) -> None:
         cfg = self.cfg = model.cfg
+        # Batch invariance is the default: a session's outputs do not depend on its batch.
+        use_invariant_kernels(invariant_kernels)
         self.max_slots = max_slots
         self.runner = ModelRunner(model, max_slots)
         self.cache = RingKVCache(cfg, max_slots, cfg.tokens_per_tick)

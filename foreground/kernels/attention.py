@@ -21,6 +21,10 @@ def attend_slots(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     mask: [B, T, S] additive, scores: [B, KVH, G*T, S], row_scratch: [B, KVH, G*T, 1],
     out: [B, KVH, G*T, D].
     """
+    if q.is_cuda:  # the GPU path: split-KV with a fixed split size
+        from foreground.kernels.triton import split_kv_attention
+
+        return split_kv_attention(q, k_cache, v_cache, mask, out)
     b, kvh, rows, d = q.shape
     s = k_cache.shape[2]
     t = mask.shape[1]

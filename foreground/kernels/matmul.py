@@ -39,7 +39,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
            bias: torch.Tensor | None = None) -> torch.Tensor:
     """out[M, N] = x[M, K] @ weight[N, K].T (+ bias[N]); M must come from `pad_rows`."""
     rows = x.shape[0]
-    if _invariant:
+    if x.is_cuda and _invariant:
+        from foreground.kernels.triton import persistent_matmul
+
+        persistent_matmul(x, weight, out)
+    elif _invariant:
         if rows % ROW_TILE or rows < MIN_TILES * ROW_TILE:
             raise ValueError(f"linear over {rows} rows: pass pad_rows(n) rows (tiles of {ROW_TILE})")
         tiles = rows // ROW_TILE

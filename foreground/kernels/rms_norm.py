@@ -8,6 +8,10 @@ import torch
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor,
              scratch: torch.Tensor) -> torch.Tensor:
     """x, out: [M, D]; scratch: [M, 1]. Each row is reduced on its own."""
+    if x.is_cuda:
+        from foreground.kernels.triton import triton_rms_norm
+
+        return triton_rms_norm(x, weight, eps, out)
     torch.mul(x, x, out=out)
     torch.mean(out, dim=-1, keepdim=True, out=scratch)
     scratch.add_(eps).rsqrt_()
