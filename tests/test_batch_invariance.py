@@ -125,3 +125,22 @@ def test_prefill_in_one_step_equals_tick_by_tick(model):
     prefilled = backbone.step(ws_long, cache_long, 2).view(2, long, -1)
     assert torch.equal(prefilled, stepped)
     assert all(torch.equal(cache.k[i][:2], cache_long.k[i][:2]) for i in range(cfg.num_hidden_layers))
+
+
+def test_moe_output_of_a_token_does_not_depend_on_token_order_or_count(model):
+    from foreground.kernels import pad_rows
+    from foreground.model.moe import MoeWorkspace
+
+    cfg, moe = model.cfg, model.model.layers[0].block_sparse_moe
+    moe.prepare()
+    n = 50
+    x = torch.randn(pad_rows(n), cfg.hidden_size, generator=torch.Generator().manual_seed(3))
+    ws = MoeWorkspace(cfg, n)
+    full = moe.step(x, n, ws, torch.empty(n, cfg.hidden_size)).clone()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(4))
+    shuffled = torch.zeros_like(x)
+    shuffled[:n] = x[perm]
+    assert torch.equal(moe.step(shuffled, n, ws, torch.empty(n, cfg.hidden_size)), full[perm])
+    few = torch.zeros_like(x)
+    few[:3] = x[:3]
+    assert torch.equal(moe.step(few, 3, ws, torch.empty(3, cfg.hidden_size)), full[:3])
