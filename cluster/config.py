@@ -60,6 +60,14 @@ class ForegroundConfig(Section):
     replicas: int = Field(1, gt=0)
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
+    threads: int = Field(0, ge=0, description="torch threads per replica; 0: one per core it may use")
+    idle_timeout_s: float = Field(30.0, gt=0)
+    resume_grace_s: float = Field(15.0, ge=0)
+    # Placement on NVLink GPU nodes, e.g. label_selector {"microturn.io/nvlink": "true"},
+    # placement_group_bundles [{"GPU": 1, "CPU": 4}], strategy STRICT_PACK.
+    label_selector: dict[str, str] = Field(default_factory=dict)
+    placement_group_bundles: list[dict[str, float]] | None = None
+    placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "STRICT_PACK"
 
 
 class BackgroundConfig(Section):

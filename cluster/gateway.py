@@ -1,8 +1,10 @@
 """The gateway: the one public gRPC address of a cluster.
 
 Clients outside Kubernetes cannot reach replica pods, so the gateway (stateless, plain
-`grpc.aio`, ~0.3 ms per hop measured here) serves the same protocol and relays each session to
-the replica that holds it. Every gateway serves grpc.health.v1 and reflection.
+`grpc.aio`, ~0.3 ms per hop measured here) serves the same `Interaction` protocol and relays
+each session to the replica that holds it (see `gateway_relay`). Gateways scale horizontally
+behind one Service; a session survives a gateway restart by reconnecting through any gateway.
+Every gateway serves grpc.health.v1 and reflection.
 """
 
 from __future__ import annotations
@@ -11,15 +13,23 @@ import logging
 
 import grpc
 
+from cluster.gateway_relay import GatewayInteractionService
+from foreground.serve.session_directory import SessionDirectory
+from protos.microturn.v1 import interaction_pb2, interaction_pb2_grpc
 from protos.standard_services import add_standard_services, mark_not_serving, mark_serving
 
 log = logging.getLogger(__name__)
 
+INTERACTION = interaction_pb2.DESCRIPTOR.services_by_name["Interaction"].full_name
+
 
 class Gateway:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, foreground, redis_url: str) -> None:
         self.server = grpc.aio.server()
-        self.services: list[str] = []
+        self.directory = SessionDirectory.from_url(redis_url)
+        self.relay = GatewayInteractionService(foreground, self.directory)
+        interaction_pb2_grpc.add_InteractionServicer_to_server(self.relay, self.server)
+        self.services = [INTERACTION]
         self.health = add_standard_services(self.server, self.services)
         self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
@@ -34,3 +44,5 @@ class Gateway:
     async def stop(self, grace_s: float = 2.0) -> None:
         await mark_not_serving(self.health, self.services)
         await self.server.stop(grace_s)
+        await self.relay.close()
+        await self.directory.close()

@@ -66,10 +66,10 @@ class LocalCluster:
         log.info("starting Serve and the foreground app")
         serve.start(proxy_location="Disabled")
         self.foreground = await asyncio.to_thread(
-            serve.run, build_foreground_app(cfg.foreground), name=FOREGROUND_APP, route_prefix=None
+            serve.run, build_foreground_app(cfg, redis_url), name=FOREGROUND_APP, route_prefix=None
         )
         replica = await self.foreground.describe.remote()
-        gateway = Gateway(cfg.serve.host, cfg.serve.grpc_port)
+        gateway = Gateway(cfg.serve.host, cfg.serve.grpc_port, self.foreground, redis_url)
         await gateway.start()
         self._stack.push_async_callback(gateway.stop)
         self.endpoints = Endpoints(gateway=gateway.address, redis_url=redis_url, replicas=[replica])

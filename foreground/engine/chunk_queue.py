@@ -27,8 +27,9 @@ class ChunkQueue:
     def reset(self, slot: int) -> None:
         self.rates[slot].zero_()
 
-    def push(self, record: SessionRecord, pcm16: bytes, rate: int) -> None:
-        """Queue one validated chunk (call with the slots' lock held)."""
+    def push(self, record: SessionRecord, pcm16: bytes, rate: int, meta: tuple = ()) -> None:
+        """Queue one validated chunk (call with the slots' lock held); `meta` comes back from
+        `pop` with it (the client's seq and when the chunk arrived)."""
         head, size = record.extra.get("queue_head", 0), record.extra.get("queue_size", 0)
         if size == self.depth:
             head, size = (head + 1) % self.depth, size - 1
@@ -37,14 +38,15 @@ class ChunkQueue:
         view = torch.frombuffer(bytearray(pcm16), dtype=torch.int16)
         self.samples[record.slot, pos, : view.numel()].copy_(view)
         self.rates[record.slot, pos] = rate
+        record.extra.setdefault("queue_meta", [()] * self.depth)[pos] = meta
         record.extra["queue_head"], record.extra["queue_size"] = head, size + 1
 
-    def pop(self, record: SessionRecord) -> tuple[torch.Tensor, int] | None:
-        """The oldest chunk's samples (a view, valid until the next push) and its rate."""
+    def pop(self, record: SessionRecord) -> tuple[torch.Tensor, int, tuple] | None:
+        """The oldest chunk's samples (a view, valid until the next push), rate and meta."""
         size = record.extra.get("queue_size", 0)
         if size == 0:
             return None
         head = record.extra["queue_head"]
         rate = int(self.rates[record.slot, head])
         record.extra["queue_head"], record.extra["queue_size"] = (head + 1) % self.depth, size - 1
-        return self.samples[record.slot, head], rate
+        return self.samples[record.slot, head], rate, record.extra["queue_meta"][head]

@@ -51,6 +51,10 @@ class TickLoop:
     def stop(self) -> None:
         self._stopping.set()
 
+    async def between_ticks(self, fn, *args):
+        """Run fn(*args) on the tick thread, so it never overlaps a tick (joins, leaves)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def run(self, max_ticks: int | None = None) -> TickLoopStats:
         loop = asyncio.get_running_loop()
         start = time.monotonic()

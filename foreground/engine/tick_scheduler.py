@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import codecs
 import logging
-from dataclasses import dataclass, field
+import re
+import time
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -49,6 +51,10 @@ class SessionOutput:
     text: str
     events: list[TurnEvent]
     delegated_job_id: str = ""
+    input_seq: int = 0  # the client's chunk seq this tick used (0: none arrived: silence)
+    input_received_ns: int = 0
+    tick_started_ns: int = 0
+    tick_ended_ns: int = 0
 
 
 @dataclass
@@ -107,6 +113,7 @@ class TickScheduler:
             self.cache, _TensorsOf(self.inputs), self.featurizer, self.resampler, self.vad,
             self.vocoder, self.queue, self.buffers,
         ])
+        self.turn_config = turn
         self.policy = TurnPolicy(turn)
         self.jobs = jobs or CollectingJobSink()
         self.default_input_rate = default_input_rate
@@ -115,10 +122,15 @@ class TickScheduler:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def join(self, session_id: str, input_rate: int | None = None, seed: int | None = None) -> SessionRecord:
+    def join(self, session_id: str, input_rate: int | None = None, seed: int | None = None,
+             turn_policy: str | None = None) -> SessionRecord:
+        """Take a slot (raises SessionsFull); `turn_policy` overrides the replica's default."""
         rate = check_sample_rate(input_rate or self.default_input_rate, "open.input_sample_rate")
+        if turn_policy not in (None, "model", "vad", "hybrid"):
+            raise InvalidInput("open.turn_policy", f"unknown turn policy {turn_policy!r}")
+        policy = TurnPolicy(replace(self.turn_config, policy=turn_policy)) if turn_policy else self.policy
         record = self.slots.join(session_id)
-        record.extra.update(rate=rate, turn=TurnState(), text_in=[], conversation=[],
+        record.extra.update(rate=rate, turn=TurnState(), text_in=[], conversation=[], policy=policy,
                             text_out=codecs.getincrementaldecoder("utf-8")(errors="replace"))
         page = (seed if seed is not None else hash(session_id)) % NOISE_PAGES
         self.inputs.noise_page[record.slot] = page
@@ -129,12 +141,13 @@ class TickScheduler:
 
     # -- ingest (any time, from the network) --------------------------------------------------
 
-    def submit_audio(self, session_id: str, pcm16: bytes, sample_rate: int = 0) -> None:
+    def submit_audio(self, session_id: str, pcm16: bytes, sample_rate: int = 0, seq: int = 0) -> None:
+        received_ns = time.time_ns()
         record = self.slots.get(session_id)
         rate = sample_rate or record.extra["rate"]
         check_audio_chunk(pcm16, rate, self.cfg.audio.tick_ms)
         with self.slots.lock:
-            self.queue.push(self.slots.get(session_id), pcm16, rate)
+            self.queue.push(self.slots.get(session_id), pcm16, rate, (seq, received_ns))
 
     def submit_text(self, session_id: str, text: str) -> None:
         data = check_text(text)
@@ -147,8 +160,9 @@ class TickScheduler:
                      width: int = 0, height: int = 0) -> None:
         try:
             frame = decode_frame(jpeg, raw_rgb, width, height, self.cfg.vision.image_size)
-        except ValueError as e:
-            raise InvalidInput(getattr(e, "field", "video"), str(e)) from e
+        except ValueError as e:  # its message names the field in backticks
+            named = re.search(r"`([\w.]+)`", str(e))
+            raise InvalidInput(named.group(1) if named else "video", str(e)) from e
         with self.slots.lock:
             record = self.slots.get(session_id)
             self.inputs.video[record.slot].copy_(frame)
@@ -157,6 +171,7 @@ class TickScheduler:
     # -- the tick -----------------------------------------------------------------------------
 
     def tick(self) -> list[SessionOutput]:
+        started_ns = time.time_ns()
         with self.slots.lock:
             records = self.slots.records()
             batch = len(records)
@@ -172,6 +187,9 @@ class TickScheduler:
         self._voice(batch, decisions)
         outputs = self._collect(records, decisions)
         self._advance(batch)
+        ended_ns = time.time_ns()
+        for out in outputs:
+            out.tick_started_ns, out.tick_ended_ns = started_ns, ended_ns
         return outputs
 
     def _gather(self, records: list[SessionRecord]) -> None:
@@ -180,6 +198,7 @@ class TickScheduler:
         n16, n24 = buf.pcm16k.shape[1], buf.pcm24k.shape[1]
         for record in records:
             slot, chunk = record.slot, self.queue.pop(record)
+            record.extra["input_meta"] = chunk[2] if chunk and chunk[2] else (0, 0)
             if chunk is None:
                 record.late_chunks += 1
                 buf.pcm16k[slot].zero_()
@@ -208,7 +227,7 @@ class TickScheduler:
         vad = self.buffers.vad_probs[:b].tolist()
         turn = self.outputs.turn_logits[:b].tolist()
         delegate = self.outputs.delegate_logit[:b, 0].tolist()
-        return [self.policy.decide(r.extra["turn"], self.tick_count, vad[i], turn[i], delegate[i])
+        return [r.extra["policy"].decide(r.extra["turn"], self.tick_count, vad[i], turn[i], delegate[i])
                 for i, r in enumerate(records)]
 
     def _voice(self, b: int, decisions) -> None:
@@ -238,7 +257,8 @@ class TickScheduler:
             outputs.append(SessionOutput(
                 session_id=record.session_id, tick=self.tick_count,
                 pcm16=self.buffers.pcm16_out[i].numpy().tobytes(), speech=decision.speak,
-                text=text, events=decision.events, delegated_job_id=job_id))
+                text=text, events=decision.events, delegated_job_id=job_id,
+                input_seq=record.extra["input_meta"][0], input_received_ns=record.extra["input_meta"][1]))
         return outputs
 
     def _advance(self, b: int) -> None:

@@ -98,28 +98,46 @@ class ClientMessage(_message.Message):
     def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., video: _Optional[_Union[VideoFrame, _Mapping]] = ..., text: _Optional[_Union[TextInput, _Mapping]] = ..., tool_request: _Optional[_Union[_events_pb2.ToolRequest, _Mapping]] = ..., close: _Optional[_Union[SessionClose, _Mapping]] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
-    __slots__ = ("session_id", "token", "output_sample_rate", "tick_ms", "replica")
+    __slots__ = ("session_id", "token", "output_sample_rate", "tick_ms", "replica", "resumed", "last_seq")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     TICK_MS_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     token: str
     output_sample_rate: int
     tick_ms: int
     replica: str
-    def __init__(self, session_id: _Optional[str] = ..., token: _Optional[str] = ..., output_sample_rate: _Optional[int] = ..., tick_ms: _Optional[int] = ..., replica: _Optional[str] = ...) -> None: ...
+    resumed: bool
+    last_seq: int
+    def __init__(self, session_id: _Optional[str] = ..., token: _Optional[str] = ..., output_sample_rate: _Optional[int] = ..., tick_ms: _Optional[int] = ..., replica: _Optional[str] = ..., resumed: _Optional[bool] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class TickTiming(_message.Message):
+    __slots__ = ("input_seq", "input_received_unix_ns", "tick_started_unix_ns", "tick_ended_unix_ns")
+    INPUT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    INPUT_RECEIVED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    TICK_STARTED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    TICK_ENDED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    input_seq: int
+    input_received_unix_ns: int
+    tick_started_unix_ns: int
+    tick_ended_unix_ns: int
+    def __init__(self, input_seq: _Optional[int] = ..., input_received_unix_ns: _Optional[int] = ..., tick_started_unix_ns: _Optional[int] = ..., tick_ended_unix_ns: _Optional[int] = ...) -> None: ...
 
 class AudioOut(_message.Message):
-    __slots__ = ("audio_seq", "pcm16", "speech")
+    __slots__ = ("audio_seq", "pcm16", "speech", "timing")
     AUDIO_SEQ_FIELD_NUMBER: _ClassVar[int]
     PCM16_FIELD_NUMBER: _ClassVar[int]
     SPEECH_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
     audio_seq: int
     pcm16: bytes
     speech: bool
-    def __init__(self, audio_seq: _Optional[int] = ..., pcm16: _Optional[bytes] = ..., speech: _Optional[bool] = ...) -> None: ...
+    timing: TickTiming
+    def __init__(self, audio_seq: _Optional[int] = ..., pcm16: _Optional[bytes] = ..., speech: _Optional[bool] = ..., timing: _Optional[_Union[TickTiming, _Mapping]] = ...) -> None: ...
 
 class TextOut(_message.Message):
     __slots__ = ("text",)

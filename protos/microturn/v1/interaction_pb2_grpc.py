@@ -39,13 +39,28 @@ class InteractionStub:
                 request_serializer=protos_dot_microturn_dot_v1_dot_interaction__pb2.ClientMessage.SerializeToString,
                 response_deserializer=protos_dot_microturn_dot_v1_dot_interaction__pb2.ServerMessage.FromString,
                 _registered_method=True)
+        self.OpenSession = channel.unary_unary(
+                '/microturn.v1.Interaction/OpenSession',
+                request_serializer=protos_dot_microturn_dot_v1_dot_interaction__pb2.SessionOpen.SerializeToString,
+                response_deserializer=protos_dot_microturn_dot_v1_dot_interaction__pb2.SessionOpened.FromString,
+                _registered_method=True)
 
 
 class InteractionServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Converse(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """The conversation. The first message must be `open`: with a session_id and token from
+        OpenSession (or from a previous stream, to resume), or without one to start afresh.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenSession(self, request, context):
+        """Reserve a slot on a replica with room and say where to stream (routed, unary). Clients
+        inside the cluster then stream straight to `replica`; others stream through a gateway.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -57,6 +72,11 @@ def add_InteractionServicer_to_server(servicer, server):
                     servicer.Converse,
                     request_deserializer=protos_dot_microturn_dot_v1_dot_interaction__pb2.ClientMessage.FromString,
                     response_serializer=protos_dot_microturn_dot_v1_dot_interaction__pb2.ServerMessage.SerializeToString,
+            ),
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=protos_dot_microturn_dot_v1_dot_interaction__pb2.SessionOpen.FromString,
+                    response_serializer=protos_dot_microturn_dot_v1_dot_interaction__pb2.SessionOpened.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +106,33 @@ class Interaction:
             '/microturn.v1.Interaction/Converse',
             protos_dot_microturn_dot_v1_dot_interaction__pb2.ClientMessage.SerializeToString,
             protos_dot_microturn_dot_v1_dot_interaction__pb2.ServerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/microturn.v1.Interaction/OpenSession',
+            protos_dot_microturn_dot_v1_dot_interaction__pb2.SessionOpen.SerializeToString,
+            protos_dot_microturn_dot_v1_dot_interaction__pb2.SessionOpened.FromString,
             options,
             channel_credentials,
             insecure,

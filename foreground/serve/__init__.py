@@ -1,0 +1,8 @@
+"""Serving the foreground: sessions held by a replica, streamed over gRPC.
+
+- `session_directory`: where each session lives (Redis), read by gateways.
+- `live_session`: one session's server side: seq numbers, outbox, replay buffer for resume.
+- `session_host`: the replica's sessions around one tick engine and its wall-clock loop.
+- `interaction_service`: `microturn.v1.Interaction` on the replica's own port.
+- `replica`: the Ray Serve deployment that owns all of the above.
+"""

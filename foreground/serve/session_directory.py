@@ -1,0 +1,73 @@
+"""Where each session lives: `mt:session:<id>` -> {replica, address, token} in Redis.
+
+A replica records a session when it admits it and forgets it when the session ends; gateways
+look sessions up to relay a stream (or a resumed one) to the replica that holds its slot.
+Replicas also announce themselves (`mt:replica:<id>`, refreshed by a heartbeat) so operators
+and the gateway can see free slots.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+SESSION_TTL_S = 3600  # refreshed while the session lives
+REPLICA_TTL_S = 15
+
+
+@dataclass(frozen=True)
+class SessionLocation:
+    session_id: str
+    replica_id: str
+    address: str
+    token: str
+
+    def token_matches(self, token: str) -> bool:
+        return hmac.compare_digest(self.token.encode(), token.encode())
+
+
+class SessionDirectory:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> SessionDirectory:
+        return cls(aioredis.Redis.from_url(url, decode_responses=True))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def record(self, where: SessionLocation) -> None:
+        key = _session_key(where.session_id)
+        await self.redis.hset(key, mapping={"replica": where.replica_id, "address": where.address,
+                                            "token": where.token})
+        await self.redis.expire(key, SESSION_TTL_S)
+
+    async def lookup(self, session_id: str) -> SessionLocation | None:
+        found = await self.redis.hgetall(_session_key(session_id))
+        if not found:
+            return None
+        return SessionLocation(session_id, found["replica"], found["address"], found["token"])
+
+    async def forget(self, session_id: str) -> None:
+        await self.redis.delete(_session_key(session_id))
+
+    async def announce_replica(self, replica_id: str, address: str, live: int, max_sessions: int) -> None:
+        info = {"address": address, "live": live, "max_sessions": max_sessions, "at": time.time()}
+        await self.redis.set(f"mt:replica:{replica_id}", json.dumps(info), ex=REPLICA_TTL_S)
+
+    async def withdraw_replica(self, replica_id: str) -> None:
+        await self.redis.delete(f"mt:replica:{replica_id}")
+
+    async def replicas(self) -> dict[str, dict]:
+        keys = [k async for k in self.redis.scan_iter(match="mt:replica:*")]
+        values = await self.redis.mget(keys) if keys else []
+        return {k.split(":", 2)[2]: json.loads(v) for k, v in zip(keys, values, strict=True) if v}
+
+
+def _session_key(session_id: str) -> str:
+    return f"mt:session:{session_id}"

@@ -1,0 +1,163 @@
+"""A replica's sessions around one tick engine and its wall-clock loop.
+
+Joins and leaves run on the tick thread between ticks (never during one); audio, text and
+video go straight into the engine's per-slot queues. Each tick's outputs become numbered
+server messages in each session's outbox. A sweeper closes idle sessions and frees the slots
+of sessions whose client went away and did not come back in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from foreground.engine.delegation import make_job
+from foreground.engine.session_slots import SessionsFull
+from foreground.engine.tick_loop import TickLoop
+from foreground.engine.tick_scheduler import SessionOutput, TickScheduler
+from foreground.serve.live_session import LiveSession
+from foreground.serve.session_directory import SessionDirectory, SessionLocation
+from protos.microturn.v1 import interaction_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+POLICIES = {pb.TURN_POLICY_MODEL: "model", pb.TURN_POLICY_VAD: "vad", pb.TURN_POLICY_HYBRID: "hybrid"}
+
+
+class SessionNotFound(KeyError):
+    pass
+
+
+class WrongToken(PermissionError):
+    pass
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    replica_id: str
+    address: str
+    tick_ms: int = 200
+    idle_timeout_s: float = 30.0  # a stream with no client message for this long is closed
+    resume_grace_s: float = 15.0  # a session without a stream keeps its slot this long
+    go_away_retry_ms: int = 1000
+
+
+class SessionHost:
+    def __init__(self, engine: TickScheduler, settings: HostSettings,
+                 directory: SessionDirectory | None = None) -> None:
+        self.engine, self.settings, self.directory = engine, settings, directory
+        self.ticker = TickLoop(engine, settings.tick_ms, self.deliver)
+        self.sessions: dict[str, LiveSession] = {}
+        self.draining = False
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self.ticker.run(), name="ticks"),
+                       asyncio.create_task(self._sweep(), name="sweeper")]
+
+    async def stop(self) -> None:
+        self.ticker.stop()
+        for task in self._tasks:
+            if task.get_name() == "sweeper":
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self, request: pb.SessionOpen) -> tuple[LiveSession, bool]:
+        """Admit a new session, or find the one being resumed. Returns (session, resumed)."""
+        if request.session_id and request.session_id in self.sessions:
+            session = self.sessions[request.session_id]
+            if session.token != request.token:
+                raise WrongToken("the token does not match this session")
+            return session, True
+        if request.session_id:
+            raise SessionNotFound(f"session {request.session_id!r} is not held by this replica")
+        if self.draining:
+            raise SessionsFull("this replica is draining")
+        session = LiveSession()
+        await self.ticker.between_ticks(self._join, session, request)
+        self.sessions[session.session_id] = session
+        if self.directory:
+            await self.directory.record(SessionLocation(session.session_id, self.settings.replica_id,
+                                                        self.settings.address, session.token))
+        log.info("session %s opened (%d/%d slots used)", session.session_id,
+                 self.engine.slots.live, self.engine.max_slots)
+        return session, False
+
+    def _join(self, session: LiveSession, request: pb.SessionOpen) -> None:
+        self.engine.join(session.session_id, input_rate=request.input_sample_rate or None,
+                         turn_policy=POLICIES.get(request.turn_policy))
+
+    def opened_message(self, session: LiveSession, resumed: bool) -> pb.SessionOpened:
+        return pb.SessionOpened(session_id=session.session_id, token=session.token,
+                                output_sample_rate=self.engine.cfg.audio.output_rate,
+                                tick_ms=self.settings.tick_ms, replica=self.settings.address,
+                                resumed=resumed, last_seq=session.seq)
+
+    async def close(self, session: LiveSession, reason: str) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        record = self.engine.slots.get(session.session_id)
+        session.emit(closed=pb.SessionClosed(reason=reason, ticks=record.ticks, late_chunks=record.late_chunks))
+        await self.ticker.between_ticks(self.engine.leave, session.session_id)
+        self.sessions.pop(session.session_id, None)
+        if self.directory:
+            await self.directory.forget(session.session_id)
+        log.info("session %s closed: %s", session.session_id, reason)
+
+    def request_tool(self, session: LiveSession, tool: str, arguments_json: str) -> str:
+        """A client asked for a tool by name: hand the job to the background pool."""
+        turn = self.engine.slots.get(session.session_id).extra["turn"]
+        conversation = self.engine.slots.get(session.session_id).extra["conversation"]
+        job = make_job(session.session_id, turn.epoch, conversation, tool, arguments_json)
+        self.engine.jobs.submit(job)
+        session.emit(turn=pb.TurnEvent(kind=pb.TurnEvent.DELEGATED, cause="client", epoch=turn.epoch))
+        return job.job_id
+
+    async def drain(self, reason: str = "replica is shutting down") -> None:
+        """Tell every client to reconnect elsewhere before this replica goes away."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            session.emit(go_away=pb.GoAway(reason=reason, retry_after_ms=self.settings.go_away_retry_ms))
+
+    # -- every tick ---------------------------------------------------------------------------
+
+    def deliver(self, outputs: list[SessionOutput]) -> None:
+        for out in outputs:
+            session = self.sessions.get(out.session_id)
+            if session is None:
+                continue
+            session.tick = out.tick
+            timing = pb.TickTiming(input_seq=out.input_seq, input_received_unix_ns=out.input_received_ns,
+                                   tick_started_unix_ns=out.tick_started_ns,
+                                   tick_ended_unix_ns=out.tick_ended_ns)
+            session.emit(audio=pb.AudioOut(audio_seq=out.tick, pcm16=out.pcm16, speech=out.speech, timing=timing))
+            if out.text:
+                session.emit(text=pb.TextOut(text=out.text))
+            for event in out.events:
+                session.emit(turn=pb.TurnEvent(kind=pb.TurnEvent.Kind.Value(event.kind.value),
+                                               cause=event.cause, epoch=event.epoch))
+
+    async def _sweep(self, every_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if session.detached_at is not None and now - session.detached_at > self.settings.resume_grace_s:
+                    await self.close(session, "the client did not come back")
+                elif session.detached_at is None and now - session.last_client_activity > self.settings.idle_timeout_s:
+                    await self.close(session, "idle")
+            if self.directory:
+                await self.directory.announce_replica(self.settings.replica_id, self.settings.address,
+                                                      self.engine.slots.live, self.engine.max_slots)
