@@ -25,9 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--runs", type=Path, default=Path("runs"), help="where run folders go")
 
     talk = commands.add_parser("talk", help="stream a WAV to a running cluster and save what comes back")
-    talk.add_argument("--wav", type=Path)
-    talk.add_argument("--out", type=Path)
+    talk.add_argument("--wav", type=Path, help="mono PCM16 WAV, 16 or 24 kHz (default: a synthetic voice)")
+    talk.add_argument("--out", type=Path, help="the model's audio, 24 kHz WAV; events go to OUT.events.jsonl "
+                                               "(default: runs/talk-<stamp>.wav)")
     talk.add_argument("--address", default=None, help="gateway address (default: serve.host:serve.grpc_port)")
+    talk.add_argument("--direct", action="store_true",
+                      help="open through the gateway, then stream straight to the replica")
+    talk.add_argument("--tail-s", type=float, default=3.0, help="seconds of silence after the WAV")
+    talk.add_argument("--policy", choices=["model", "vad", "hybrid"], help="turn policy (default: the server's)")
 
     bench = commands.add_parser("bench", help="benchmarks: tick | load | duplex | compare")
     kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -37,8 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     tick.add_argument("--preset", default="tiny")
     tick.add_argument("--checkpoint", type=Path, help="a checkpoint folder (default: the seeded one)")
     tick.add_argument("--policy", default="hybrid", choices=["model", "vad", "hybrid"])
-    for name, text in (("load", "many concurrent gRPC clients: serving overhead per chunk"),
-                       ("duplex", "Full-Duplex-Bench-style turn-taking on synthesised dialogues"),
+    load = kinds.add_parser("load", help="many concurrent gRPC clients: serving overhead per chunk")
+    load.add_argument("--sessions", type=int, default=32)
+    load.add_argument("--seconds", type=float, default=20.0)
+    load.add_argument("--via", choices=["direct", "gateway"], default="direct",
+                      help="stream straight to the replica (default) or through the gateway")
+    load.add_argument("--address", help="a running cluster's gateway (default: start one)")
+    for name, text in (("duplex", "Full-Duplex-Bench-style turn-taking on synthesised dialogues"),
                        ("compare", "the same backbone: the tick engine side by side with vLLM")):
         kinds.add_parser(name, help=text)
     for sub in kinds.choices.values():
@@ -74,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo written to {run_dir}/")
         print(json.dumps(summary, indent=2))
         return 0
+    if args.command == "talk":
+        return _talk(args, config)
     if args.command == "checkpoint":
         from foreground.model.checkpoint import write_seeded_checkpoint
 
@@ -84,9 +96,38 @@ def main(argv: list[str] | None = None) -> int:
 
         result = run_tick_bench(args.sessions, args.ticks, args.preset, args.checkpoint, args.policy)
         return _report(result, args.json)
+    if args.command == "bench" and args.kind == "load":
+        from cluster.bench.load import run_load
+
+        if not args.address and config.foreground.max_sessions < args.sessions:
+            config = config.model_copy(update={"foreground": config.foreground.model_copy(
+                update={"max_sessions": args.sessions})})
+        result = asyncio.run(run_load(config, args.sessions, args.seconds, args.via, args.address))
+        return _report(result, args.json)
     print(f"microturn {args.command} {getattr(args, 'kind', '')}: not available in this build yet",
           file=sys.stderr)
     return 2
+
+
+def _talk(args: argparse.Namespace, config) -> int:
+    from cluster.conversation import UnsupportedAudio
+    from cluster.talk import TalkError, default_out, run_talk
+
+    if args.tail_s < 0:
+        print("--tail-s: must be 0 or more seconds", file=sys.stderr)
+        return 2
+    address = args.address or f"{config.serve.host}:{config.serve.grpc_port}"
+    try:
+        summary = asyncio.run(run_talk(address, args.out or default_out(), args.wav, args.direct,
+                                       args.tail_s, args.policy))
+    except UnsupportedAudio as e:
+        print(f"--wav {e}", file=sys.stderr)
+        return 2
+    except TalkError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def _report(result: dict, as_json: bool) -> int:

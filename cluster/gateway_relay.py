@@ -8,6 +8,7 @@ in the session directory (Redis), so any gateway can carry any session.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -18,8 +19,9 @@ from protos.microturn.v1 import interaction_pb2 as pb, interaction_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-OPEN_ATTEMPTS = 3
+OPEN_ATTEMPTS = 6  # a replica whose slots filled since its last report declines
 RETRY_AFTER_MS = "1000"
+RETRY_BACKOFF_S = 0.2
 
 
 class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
@@ -61,10 +63,11 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
                 await context.abort(e.code(), e.details() or "replica stream failed")
 
     async def _route_open(self, request: pb.SessionOpen, context) -> pb.SessionOpened:
-        for _ in range(OPEN_ATTEMPTS):
+        for attempt in range(OPEN_ATTEMPTS):
             reply = await self.foreground.open_session.remote(request.SerializeToString())
             if reply:
                 return pb.SessionOpened.FromString(reply)
+            await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))  # let free-slot reports refresh
         context.set_trailing_metadata((("retry-after-ms", RETRY_AFTER_MS),))
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "every foreground slot is taken; retry later")
 

@@ -144,6 +144,14 @@ def test_featurize_is_bitwise_batch_invariant(batch: int) -> None:
     assert torch.equal(alone[0], batched[0]) and torch.equal(alone[1], batched[1])
 
 
+def test_featurize_alone_in_one_slot_equals_a_slot_of_a_full_64_slot_batch() -> None:
+    """Sized for one slot vs one slot among 64: different row counts, same bits (kernels.matmul)."""
+    pcm = torch.randn(3 * CHUNK, generator=torch.Generator().manual_seed(8)) * 0.3
+    alone = featurize_stream(DMelFeaturizer(CFG, 1), pcm, slot=0, batch=1)
+    full = featurize_stream(DMelFeaturizer(CFG, 64), pcm, slot=37, batch=64)
+    assert torch.equal(alone[0], full[0]) and torch.equal(alone[1], full[1])
+
+
 def test_reset_restarts_one_slot_and_keeps_the_others() -> None:
     featurizer = DMelFeaturizer(CFG, 4)
     assert [t.shape[0] for t in featurizer.state_tensors()] == [4]
@@ -220,6 +228,12 @@ def test_resampler_is_bitwise_batch_invariant(batch: int) -> None:
     pcm = torch.randn(3 * 4800, generator=torch.Generator().manual_seed(2)) * 0.3
     alone = resample_stream(Resampler24kTo16k(64), pcm, batch=1)
     assert torch.equal(alone, resample_stream(Resampler24kTo16k(64), pcm, batch=batch))
+
+
+def test_resampler_alone_in_one_slot_equals_a_slot_of_a_full_64_slot_batch() -> None:
+    pcm = torch.randn(3 * 4800, generator=torch.Generator().manual_seed(9)) * 0.3
+    alone = resample_stream(Resampler24kTo16k(1), pcm, batch=1)
+    assert torch.equal(alone, resample_stream(Resampler24kTo16k(64), pcm, slot=37, batch=64))
 
 
 def test_resampler_allocates_nothing_and_resets_a_slot() -> None:

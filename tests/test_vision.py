@@ -1,5 +1,6 @@
 """Video in: frame decoding; the hMLP stem's reference vs hot path, allocation, batch invariance."""
 
+import copy
 import io
 
 import pytest
@@ -144,6 +145,17 @@ def test_embed_is_batch_invariant(stem):
         results.append(out[slot].clone())
     for other in results[1:]:
         assert torch.equal(results[0], other)
+
+
+def test_embed_alone_in_a_one_slot_stem_equals_a_frame_of_a_full_64_batch(stem):
+    """Prepared for one frame vs one frame among 64: same bits (kernels.matmul)."""
+    single = copy.deepcopy(stem)
+    single.prepare(1)
+    frames = torch.rand(64, 3, S, S, generator=torch.Generator().manual_seed(2))
+    alone, full = torch.empty(1, 4, HIDDEN), torch.empty(64, 4, HIDDEN)
+    single.embed(frames[37:38].clone(), alone)
+    stem.embed(frames, full)
+    assert torch.equal(alone[0], full[37])
 
 
 def test_embed_checks_its_arguments(stem):

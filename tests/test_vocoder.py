@@ -153,6 +153,13 @@ def test_synthesize_is_bitwise_batch_invariant(batch: int) -> None:
     assert torch.equal(alone, vocode_stream(ChannelVocoder(CFG, 64), log_mel, batch=batch))
 
 
+def test_synthesize_alone_in_one_slot_equals_a_slot_of_a_full_64_slot_batch() -> None:
+    """Sized for one slot vs one slot among 64: different row counts, same bits (kernels.matmul)."""
+    log_mel = torch.randn(3 * FRAMES, MELS, generator=torch.Generator().manual_seed(4)) * 3
+    alone = vocode_stream(ChannelVocoder(CFG, 1), log_mel, batch=1)
+    assert torch.equal(alone, vocode_stream(ChannelVocoder(CFG, 64), log_mel, slot=37, batch=64))
+
+
 def test_reset_fades_a_new_session_in_from_silence() -> None:
     vocoder = ChannelVocoder(CFG, 3)
     assert [t.shape[0] for t in vocoder.state_tensors()] == [3]

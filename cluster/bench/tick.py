@@ -23,7 +23,7 @@ import time
 import psutil
 import torch
 
-from cluster.bench.stats import percentile
+from foreground.engine.percentiles import percentile
 from foreground.engine.allocations import count_tensor_allocations
 from foreground.engine.tick_scheduler import TickScheduler
 from foreground.engine.turn_policy import TurnPolicyConfig

@@ -5,17 +5,16 @@ reads the same weights and computes the same graph with `out=` and in-place ops 
 tick allocates nothing after warm-up. The graph, per window `x` of 64 context + 512 new samples:
   reflect-pad 64 on the right -> STFT (4 frames of 256, hop 128, 129 bins; magnitude)
   -> 4 x (conv1d k=3 pad=1, strides 1,2,2,1) + ReLU -> LSTMCell(128) -> ReLU -> 1x1 conv -> sigmoid.
-The convs are im2col + `addmm`. The STFT and encoder do not depend on the recurrent state, so
-they run once for all windows of a tick; only the LSTM steps window by window.
+The convs are im2col GEMMs. The STFT, the encoder and the LSTM's input projection do not depend
+on the recurrent state, so they run once for all windows of a tick (rows ordered (slot, window));
+only the hidden projection and the cell update step window by window.
 
-Batch invariance: MKL's sgemm gives a row a different result for some row counts (on this
-machine M in 1..3, 5..7, 9..11 with 2 threads, and most M when N = 1), so every GEMM runs over
-`gemm_rows(B)` rows (a multiple of 8, at least 16: rows past B are scratch) and the 1-output
-decoder is padded to 8 outputs. A slot's result then does not depend on B.
+Batch invariance: every GEMM is `foreground.kernels.matmul.linear` over `pad_rows` of its live
+rows (rows past them are scratch); the 1-output decoder is padded to 8 outputs.
 
-Parity with TorchScript: the LSTM step is bitwise equal given equal inputs; the encoder differs
-by float32 summation order (im2col GEMM vs oneDNN conv, ~1e-6 relative), which leaves speech
-probabilities within 5e-6 of the TorchScript ones.
+Parity with TorchScript: same graph and gate order, but float32 rounding differs (row-tiled
+GEMMs, bias added after the product; im2col vs oneDNN conv, ~1e-6 relative), which leaves speech
+probabilities within 5e-6 of the TorchScript ones (3e-6 measured over 240 windows).
 """
 
 from __future__ import annotations
@@ -23,17 +22,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from foreground.kernels.matmul import linear, pad_rows
+
 WINDOW = 512
 CONTEXT = 64
 HIDDEN = 128
 _FILTER, _HOP, _FRAMES, _BINS = 256, 128, 4, 129
 _PAD = 64  # reflection padding on the right, before the STFT
 _DECODER_OUTPUTS = 8  # the 1-output decoder GEMM, padded (see the module docstring)
-
-
-def gemm_rows(batch: int) -> int:
-    """Rows each GEMM runs over for `batch` live slots: a multiple of 8, at least 16."""
-    return max(16, -(-batch // 8) * 8)
 
 
 def _frame_index(window_starts: list[int]) -> Tensor:
@@ -72,56 +68,57 @@ class PreallocatedSileroNetwork:
         self.b_out = torch.zeros(_DECODER_OUTPUTS)
         self.b_out[0] = p["decoder.decoder.2.bias"].reshape(())
 
-        rows = gemm_rows(max_slots)
-        n = rows * self.windows  # one encoder "row" per (slot, window)
+        n = max_slots * self.windows  # one encoder row per (slot, window)
         self.max_slots = max_slots
-        self.samples = torch.zeros(rows, self.frame_index.numel())
-        self.spectrum = torch.zeros(n * _FRAMES, 2 * _BINS)
+        # GEMM operands hold pad_rows(live rows); enc1 is read back as pairs of rows.
+        self.samples = torch.zeros(pad_rows(n * _FRAMES), _FILTER)  # frames, (slot, window, frame)
+        self.spectrum = torch.zeros(pad_rows(n * _FRAMES), 2 * _BINS)
         self.imag_sq = torch.zeros(n, _FRAMES, _BINS)
         self.magnitude = torch.zeros(n, _FRAMES + 2, _BINS)  # time-padded by one zero frame
-        self.col0 = torch.zeros(n * _FRAMES, 3 * _BINS)
-        self.enc0 = torch.zeros(n * _FRAMES, HIDDEN)
-        self.col1 = torch.zeros(n * 2, 3 * HIDDEN)  # output step 0's first tap stays zero
-        self.enc1 = torch.zeros(n * 2, 64)
-        self.enc2 = torch.zeros(n, 64)
-        self.enc3 = torch.zeros(n, HIDDEN)  # the LSTM inputs, rows ordered (slot, window)
-        self.h = torch.zeros(rows, HIDDEN)
-        self.c = torch.zeros(rows, HIDDEN)
-        self.gates = torch.zeros(rows, 4 * HIDDEN)
-        self.gates_hh = torch.zeros(rows, 4 * HIDDEN)
-        self.input_cell = torch.zeros(rows, HIDDEN)
-        self.hidden = torch.zeros(rows, self.windows, HIDDEN)  # h after each window
-        self.logits = torch.zeros(n, _DECODER_OUTPUTS)
+        self.col0 = torch.zeros(pad_rows(n * _FRAMES), 3 * _BINS)
+        self.enc0 = torch.zeros(pad_rows(n * _FRAMES), HIDDEN)
+        self.col1 = torch.zeros(2 * pad_rows(n), 3 * HIDDEN)  # output step 0's first tap stays 0
+        self.enc1 = torch.zeros(2 * pad_rows(n), 64)
+        self.enc2 = torch.zeros(pad_rows(n), 64)
+        self.enc3 = torch.zeros(pad_rows(n), HIDDEN)  # the LSTM inputs
+        self.gates_ih = torch.zeros(pad_rows(n), 4 * HIDDEN)
+        self.h = torch.zeros(pad_rows(max_slots), HIDDEN)
+        self.c = torch.zeros(max_slots, HIDDEN)
+        self.gates_hh = torch.zeros(pad_rows(max_slots), 4 * HIDDEN)
+        self.gates = torch.zeros(max_slots, 4 * HIDDEN)
+        self.input_cell = torch.zeros(max_slots, HIDDEN)
+        self.hidden = torch.zeros(pad_rows(n), HIDDEN)  # h after each window, (slot, window)
+        self.logits = torch.zeros(pad_rows(n), _DECODER_OUTPUTS)
 
     @torch.no_grad()
     def run(self, pcm: Tensor, state: Tensor, out: Tensor) -> None:
         """`pcm` [B, T] float in [-1, 1]; `state` [B, 2, 128] (h, c), updated in place;
         `out` [B, windows] speech probabilities."""
         b = pcm.shape[0]
-        rows = gemm_rows(b)
-        n = rows * self.windows
-        torch.index_select(pcm, 1, self.frame_index, out=self.samples[:b])
-        self._encode(rows, n)
-        h, c = self.h[:rows], self.c[:rows]
+        n = b * self.windows
+        torch.index_select(pcm, 1, self.frame_index, out=self.samples[:n * _FRAMES].view(b, -1))
+        self._encode(n)
+        gates_ih = linear(self.enc3[:pad_rows(n)], self.w_ih, self.gates_ih[:pad_rows(n)],
+                          bias=self.b_ih)[:n].view(b, self.windows, 4 * HIDDEN)
+        h, c = self.h[:pad_rows(b)], self.c[:b]
         h[:b].copy_(state[:, 0])
-        c[:b].copy_(state[:, 1])
-        inputs = self.enc3[:n].view(rows, self.windows, HIDDEN)
+        c.copy_(state[:, 1])
+        hidden = self.hidden[:n].view(b, self.windows, HIDDEN)
         for w in range(self.windows):
-            self._lstm_step(inputs[:, w], h, c)
-            self.hidden[:rows, w].copy_(h)
+            self._lstm_step(gates_ih[:, w], h, c, b)
+            hidden[:, w].copy_(h[:b])
         state[:, 0].copy_(h[:b])
-        state[:, 1].copy_(c[:b])
-        hidden = self.hidden[:rows].view(n, HIDDEN).relu_()
-        torch.addmm(self.b_out, hidden, self.w_out.t(), out=self.logits[:n])
-        first = self.logits[:b * self.windows, 0].view(b, self.windows)
-        torch.sigmoid(first, out=out)
+        state[:, 1].copy_(c)
+        hidden.relu_()
+        logits = linear(self.hidden[:pad_rows(n)], self.w_out, self.logits[:pad_rows(n)],
+                        bias=self.b_out)
+        torch.sigmoid(logits[:n, 0].view(b, self.windows), out=out)
 
-    def _encode(self, rows: int, n: int) -> None:
-        """STFT magnitude and the four conv blocks for all (slot, window) rows."""
-        frames = self.samples[:rows].view(n * _FRAMES, _FILTER)
-        spectrum = self.spectrum[:n * _FRAMES]
-        torch.mm(frames, self.basis.t(), out=spectrum)
-        spectrum = spectrum.view(n, _FRAMES, 2 * _BINS)
+    def _encode(self, n: int) -> None:
+        """STFT magnitude and the four conv blocks for the n (slot, window) rows."""
+        rows = pad_rows(n * _FRAMES)
+        spectrum = linear(self.samples[:rows], self.basis, self.spectrum[:rows])
+        spectrum = spectrum[:n * _FRAMES].view(n, _FRAMES, 2 * _BINS)
         real, imag = spectrum[:, :, :_BINS], spectrum[:, :, _BINS:]
         magnitude = self.magnitude[:n, 1:_FRAMES + 1]
         torch.mul(real, real, out=magnitude)
@@ -131,34 +128,32 @@ class PreallocatedSileroNetwork:
         padded = self.magnitude[:n]  # frame t's taps (t-1, t, t+1) are 3 adjacent padded rows
         taps = padded.as_strided((n, _FRAMES, 3 * _BINS), ((_FRAMES + 2) * _BINS, _BINS, 1),
                                  padded.storage_offset())
-        col0 = self.col0[:n * _FRAMES]
-        col0.view(n, _FRAMES, 3 * _BINS).copy_(taps)
-        enc0 = self.enc0[:n * _FRAMES]
-        torch.addmm(self.b[0], col0, self.w0.t(), out=enc0).relu_()
+        self.col0[:n * _FRAMES].view(n, _FRAMES, 3 * _BINS).copy_(taps)
+        enc0 = linear(self.col0[:rows], self.w0, self.enc0[:rows], bias=self.b[0]).relu_()
 
-        steps = enc0.view(n, _FRAMES * HIDDEN)  # stride 2: outputs see steps (-1,0,1), (1,2,3)
+        steps = enc0[:n * _FRAMES].view(n, _FRAMES * HIDDEN)  # stride 2: steps (-1,0,1), (1,2,3)
         col1 = self.col1[:n * 2].view(n, 2, 3 * HIDDEN)
         col1[:, 0, HIDDEN:].copy_(steps[:, :2 * HIDDEN])
         col1[:, 1].copy_(steps[:, HIDDEN:])
-        enc1 = self.enc1[:n * 2]
-        torch.addmm(self.b[1], self.col1[:n * 2], self.w1.t(), out=enc1).relu_()
-        enc2 = self.enc2[:n]
-        torch.addmm(self.b[2], enc1.view(n, 2 * 64), self.w2.t(), out=enc2).relu_()
-        torch.addmm(self.b[3], enc2, self.w3.t(), out=self.enc3[:n]).relu_()
+        rows = pad_rows(2 * n)
+        linear(self.col1[:rows], self.w1, self.enc1[:rows], bias=self.b[1]).relu_()
+        rows = pad_rows(n)
+        enc1 = self.enc1[:2 * rows].view(rows, 2 * 64)  # rows past 2 n are scratch
+        enc2 = linear(enc1, self.w2, self.enc2[:rows], bias=self.b[2]).relu_()
+        linear(enc2, self.w3, self.enc3[:rows], bias=self.b[3]).relu_()
 
-    def _lstm_step(self, x: Tensor, h: Tensor, c: Tensor) -> None:
-        """One LSTMCell step in ATen's order (gates i, f, g, o), in place on `h` and `c`."""
-        rows = h.shape[0]
-        gates, gates_hh = self.gates[:rows], self.gates_hh[:rows]
-        torch.addmm(self.b_hh, h, self.w_hh.t(), out=gates_hh)
-        torch.addmm(self.b_ih, x, self.w_ih.t(), out=gates)
-        gates.add_(gates_hh)
+    def _lstm_step(self, gates_ih: Tensor, h: Tensor, c: Tensor, b: int) -> None:
+        """One LSTMCell step in ATen's order (gates i, f, g, o), in place on `h[:b]` and `c`;
+        `gates_ih` [b, 4 * HIDDEN] is the input projection (with its bias)."""
+        gates_hh = linear(h, self.w_hh, self.gates_hh[:h.shape[0]], bias=self.b_hh)
+        gates = self.gates[:b]
+        torch.add(gates_hh[:b], gates_ih, out=gates)
         gates[:, :2 * HIDDEN].sigmoid_()
         gates[:, 2 * HIDDEN:3 * HIDDEN].tanh_()
         gates[:, 3 * HIDDEN:].sigmoid_()
         i, f = gates[:, :HIDDEN], gates[:, HIDDEN:2 * HIDDEN]
         g, o = gates[:, 2 * HIDDEN:3 * HIDDEN], gates[:, 3 * HIDDEN:]
-        torch.mul(i, g, out=self.input_cell[:rows])
-        c.mul_(f).add_(self.input_cell[:rows])
-        torch.tanh(c, out=h)
-        h.mul_(o)
+        torch.mul(i, g, out=self.input_cell[:b])
+        c.mul_(f).add_(self.input_cell[:b])
+        torch.tanh(c, out=h[:b])
+        h[:b].mul_(o)

@@ -4,10 +4,8 @@ dMel (Bai et al., 2024): log-mel energies, each channel quantised into a few uni
 no learned encoder. A 24 kHz client stream first goes through `Resampler24kTo16k`.
 
 Hot path: `featurize`, `quantize` and `resample` allocate no tensors after their first call
-(every buffer is sized for `max_slots` in `__init__`). Batch invariance: each matmul runs over
-all `max_slots` rows whatever the batch size, because MKL's sgemm rounds a row differently when
-the row count is small (M <= 11 and not a multiple of 4, measured on torch 2.13 / AVX-512); the
-rows past the batch hold stale data and are never read. `rfft` and element-wise ops are
+(every buffer is sized for `max_slots` in `__init__`). Batch invariance: the matmuls go through
+`foreground.kernels.matmul.linear` over `pad_rows` rows; `rfft` and element-wise ops are
 row-independent already.
 """
 
@@ -18,6 +16,7 @@ import math
 
 import torch
 
+from foreground.kernels.matmul import linear, pad_rows
 from foreground.model.config import AudioConfig
 
 log = logging.getLogger(__name__)
@@ -75,12 +74,12 @@ class DMelFeaturizer:
         self.filterbank = mel_filterbank(n_fft, cfg.input_rate, cfg.n_mels).contiguous()
         # State.
         self.tail = torch.zeros(max_slots, self.tail_len)
-        # Scratch, all sized for max_slots.
+        # Scratch, all sized for max_slots (the matmul's operands for pad_rows of its rows).
         self._signal = torch.zeros(max_slots, self.tail_len + self.chunk_len)
         self._windowed = torch.zeros(max_slots, frames, n_fft)
         self._spectrum = torch.zeros(max_slots, frames, n_freq, dtype=torch.complex64)
-        self._power = torch.zeros(max_slots, frames, n_freq)
-        self._mel = torch.zeros(max_slots, frames, cfg.n_mels)
+        self._power = torch.zeros(pad_rows(max_slots * frames), n_freq)  # rows (slot, frame)
+        self._mel = torch.zeros(pad_rows(max_slots * frames), cfg.n_mels)
         self._bins_scratch = torch.zeros(max_slots, frames, cfg.n_mels)
         self._bin_scale = cfg.dmel_bins / (cfg.log_mel_ceil - cfg.log_mel_floor)
 
@@ -104,9 +103,9 @@ class DMelFeaturizer:
         windowed = self._windowed[:batch]
         torch.mul(frames, self.window, out=windowed)
         self._power_spectrum(batch)
-        power = self._power.view(self.max_slots * self.cfg.frames_per_tick, -1)
-        torch.mm(power, self.filterbank, out=self._mel.view(power.shape[0], -1))  # all rows
-        torch.clamp(self._mel[:batch], min=LOG_CLAMP, out=out_log_mel)
+        rows = batch * self.cfg.frames_per_tick
+        mel = linear(self._power[:pad_rows(rows)], self.filterbank.t(), self._mel[:pad_rows(rows)])
+        torch.clamp(mel[:rows].view(out_log_mel.shape), min=LOG_CLAMP, out=out_log_mel)
         out_log_mel.log_()
         self.quantize(out_log_mel, out_bins)
 
@@ -123,7 +122,7 @@ class DMelFeaturizer:
         spectrum = self._spectrum[:batch]
         torch.fft.rfft(self._windowed[:batch], dim=-1, out=spectrum)
         parts = torch.view_as_real(spectrum)
-        power = self._power[:batch]
+        power = self._power[:batch * self.cfg.frames_per_tick].view(spectrum.shape)
         torch.mul(parts[..., 0], parts[..., 0], out=power)
         power.addcmul_(parts[..., 1], parts[..., 1])
 
@@ -138,8 +137,8 @@ class Resampler24kTo16k:
 
     Output sample m sits at input position 1.5 m, delayed by `half_width` input samples (2 ms),
     so chunks join seamlessly: each slot keeps the last `2 * half_width` input samples.
-    The filter runs as one matmul: each frame of `3 * pairs + 2 * half_width - 1` input samples
-    (stride `3 * pairs`) times a banded [frame, 2 * pairs] matrix of filter taps.
+    The filter runs as one matmul (`linear`): each frame of `3 * pairs + 2 * half_width - 1`
+    input samples (stride `3 * pairs`) times a banded [frame, 2 * pairs] matrix of filter taps.
     """
 
     RATE_IN, RATE_OUT = 24_000, 16_000
@@ -157,8 +156,8 @@ class Resampler24kTo16k:
         self.taps = self._tap_matrix(pairs, cutoff_hz, kaiser_beta)  # [frame_len, 2 * pairs]
         self.tail = torch.zeros(max_slots, self.tail_len)
         self._signal = torch.zeros(max_slots, self.tail_len + chunk_in)
-        self._frames = torch.zeros(max_slots * self.n_frames, self.frame_len)
-        self._out = torch.zeros(max_slots * self.n_frames, 2 * pairs)
+        self._frames = torch.zeros(pad_rows(max_slots * self.n_frames), self.frame_len)
+        self._out = torch.zeros(pad_rows(max_slots * self.n_frames), 2 * pairs)
 
     def state_tensors(self) -> list[torch.Tensor]:
         return [self.tail]
@@ -177,9 +176,10 @@ class Resampler24kTo16k:
         signal[:, self.tail_len:].copy_(pcm24)
         self.tail[:batch].copy_(signal[:, self.chunk_in:])
         frames = signal.unfold(1, self.frame_len, self.frame_step)  # [B, n_frames, frame_len]
-        self._frames.view(self.max_slots, self.n_frames, -1)[:batch].copy_(frames)
-        torch.mm(self._frames, self.taps, out=self._out)  # all rows: see the module docstring
-        out.copy_(self._out.view(self.max_slots, self.chunk_out)[:batch])
+        rows = batch * self.n_frames
+        self._frames[:rows].view(frames.shape).copy_(frames)
+        filtered = linear(self._frames[:pad_rows(rows)], self.taps.t(), self._out[:pad_rows(rows)])
+        out.copy_(filtered[:rows].view(out.shape))
 
     def _tap_matrix(self, pairs: int, cutoff_hz: float, beta: float) -> torch.Tensor:
         """taps[l, k] = h(1.5 k + half_width - l): output k of a frame from its input l."""

@@ -8,16 +8,19 @@ The stem follows Touvron et al. 2022 ("Three things everyone should know about V
    25 * d1 values -> Linear -> `hidden_size`.
 Patches are ordered row-major within the frame. `forward` is the readable reference; `embed`
 is the tick's hot path: after `prepare(max_slots)` and one warm-up call it allocates no tensor,
-and a frame's embedding is bitwise the same whatever the batch size (plain 2-D `addmm` rows).
+and a frame's embedding is bitwise the same whatever the batch size (both Linears go through
+`foreground.kernels.matmul.linear`).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 
 import torch
 from torch import Tensor, nn
 
+from foreground.kernels.matmul import linear, pad_rows
 from foreground.model.config import VisionConfig
 
 MAX_FRAME_SIDE = 4096
@@ -92,6 +95,7 @@ class HMLPStem(nn.Module):
         self.max_slots = 0
         self._pixels = torch.empty(0)
         self._level1 = torch.empty(0)
+        self._embedded = torch.empty(0)
 
     def _sub_patch_view(self, frames: Tensor) -> Tensor:
         """[B, 3, S, S] as (b, patch row, patch col, sub row, sub col, channel, y, x): a view."""
@@ -108,10 +112,14 @@ class HMLPStem(nn.Module):
 
     def prepare(self, max_slots: int) -> None:
         """Allocate the hot path's buffers for up to `max_slots` frames per call."""
-        rows = max_slots * self.patches_per_frame * self.subs ** 2
+        subs_rows = pad_rows(max_slots * self.patches_per_frame * self.subs ** 2)
+        patch_rows = pad_rows(max_slots * self.patches_per_frame)
         device, dtype = self.patch_proj.weight.device, self.patch_proj.weight.dtype
-        self._pixels = torch.empty(rows, 3 * self.sub_patch ** 2, device=device, dtype=dtype)
-        self._level1 = torch.empty(rows, self.d1, device=device, dtype=dtype)
+        zeros = functools.partial(torch.zeros, device=device, dtype=dtype)
+        self._pixels = zeros(subs_rows, 3 * self.sub_patch ** 2)
+        # Level 2 reads pad_rows(patches) rows of k * k sub-patches: maybe more than level 1 wrote.
+        self._level1 = zeros(max(subs_rows, patch_rows * self.subs ** 2), self.d1)
+        self._embedded = zeros(patch_rows, self.hidden_size)
         self.max_slots = max_slots
 
     @torch.no_grad()
@@ -123,12 +131,16 @@ class HMLPStem(nn.Module):
         expected = (b, self.patches_per_frame, self.hidden_size)
         if tuple(out.shape) != expected or not out.is_contiguous():
             raise ValueError(f"embed needs a contiguous `out` of shape {expected}")
-        rows = b * self.patches_per_frame * self.subs ** 2
-        pixels, level1 = self._pixels[:rows], self._level1[:rows]
         g, k, s = self.grid, self.subs, self.sub_patch
-        pixels.view(b, g, g, k, k, 3, s, s).copy_(self._sub_patch_view(frames))
-        torch.addmm(self.sub_patch_proj.bias, pixels, self.sub_patch_proj.weight.t(), out=level1)
+        subs_rows = pad_rows(b * self.patches_per_frame * k * k)
+        patch_rows = pad_rows(b * self.patches_per_frame)
+        self._pixels[:b * g * g * k * k].view(b, g, g, k, k, 3, s, s).copy_(
+            self._sub_patch_view(frames))
+        level1 = linear(self._pixels[:subs_rows], self.sub_patch_proj.weight,
+                        self._level1[:subs_rows], bias=self.sub_patch_proj.bias)
         torch.ops.aten.gelu_(level1, approximate="tanh")
-        patches = level1.view(b * self.patches_per_frame, k * k * self.d1)
-        torch.addmm(self.patch_proj.bias, patches, self.patch_proj.weight.t(),
-                    out=out.view(b * self.patches_per_frame, self.hidden_size))
+        patches = self._level1[:patch_rows * k * k].view(patch_rows, k * k * self.d1)
+        embedded = linear(patches, self.patch_proj.weight, self._embedded[:patch_rows],
+                          bias=self.patch_proj.bias)
+        out.view(b * self.patches_per_frame, self.hidden_size).copy_(
+            embedded[:b * self.patches_per_frame])

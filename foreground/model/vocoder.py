@@ -17,8 +17,8 @@ frame is held to the tick's end, where the next tick's knot 0 takes over with th
 The channels are those of the featuriser (0 .. input_rate / 2): the model's output frames live
 in the same feature space as the user's input frames, so `DMelFeaturizer.quantize` applies.
 
-Hot path: `synthesize` and `to_pcm16` allocate nothing after their first call; the matmul runs
-over all `max_slots` rows for batch invariance (see `audio_features`).
+Hot path: `synthesize` and `to_pcm16` allocate nothing after their first call; the matmul is
+`foreground.kernels.matmul.linear` over `pad_rows(B)` rows, for batch invariance.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from foreground.kernels.matmul import linear, pad_rows
 from foreground.model.audio_features import mel_centre_frequencies
 from foreground.model.config import AudioConfig
 
@@ -84,9 +85,9 @@ class ChannelVocoder:
         self.basis = basis.reshape(knots * n_mels, self.samples).to(torch.float32).contiguous()
         # State: each slot's last-frame amplitudes (0 = silence).
         self.last_amplitude = torch.zeros(max_slots, n_mels)
-        # Scratch.
-        self._amplitude = torch.zeros(max_slots, knots, n_mels)
-        self._pcm = torch.zeros(max_slots, self.samples)
+        # Scratch: the matmul's operands, pad_rows(max_slots) rows.
+        self._amplitude = torch.zeros(pad_rows(max_slots), knots, n_mels)
+        self._pcm = torch.zeros(pad_rows(max_slots), self.samples)
         self._pcm16_scratch = torch.zeros(max_slots, self.samples)
 
     def state_tensors(self) -> list[torch.Tensor]:
@@ -107,9 +108,9 @@ class ChannelVocoder:
         amplitude[:, 0].copy_(self.last_amplitude[:batch])
         self._frame_amplitudes(log_mel, amplitude[:, 1:])
         self.last_amplitude[:batch].copy_(amplitude[:, -1])
-        flat = self._amplitude.view(self.max_slots, -1)
-        torch.mm(flat, self.basis, out=self._pcm)  # all rows: batch invariance
-        torch.clamp(self._pcm[:batch], -1.0, 1.0, out=out_pcm)
+        rows = pad_rows(batch)
+        pcm = linear(self._amplitude[:rows].view(rows, -1), self.basis.t(), self._pcm[:rows])
+        torch.clamp(pcm[:batch], -1.0, 1.0, out=out_pcm)
 
     def to_pcm16(self, pcm: torch.Tensor, out: torch.Tensor) -> None:
         """pcm [B, 4800] float in [-1, 1] -> out [B, 4800] int16 (rounded, saturated)."""

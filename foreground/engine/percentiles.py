@@ -1,4 +1,4 @@
-"""Percentiles as benchmarks report them (nearest-rank on the sorted sample)."""
+"""Percentiles as microturn reports them everywhere: nearest rank on the sorted sample."""
 
 from __future__ import annotations
 

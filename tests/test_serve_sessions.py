@@ -1,0 +1,187 @@
+"""Sessions end to end through real Ray Serve and gRPC: isolation, stickiness, admission,
+malformed input, resume after a disconnect."""
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from cluster.client import InteractionClient
+from cluster.config import load_config
+from cluster.runtime import LocalCluster
+from foreground.serve.session_directory import SessionDirectory
+from protos.microturn.v1 import interaction_pb2 as pb, interaction_pb2_grpc
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+SLOTS_PER_REPLICA, REPLICAS = 2, 2
+
+
+def _chunk(freq: float) -> bytes:
+    t = np.arange(3200) / 16_000
+    return (0.2 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2").tobytes()
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_cluster, redis_server):
+    config = load_config(redis__url=redis_server.url, ray__address=ray_cluster, serve__grpc_port=0,
+                         foreground__num_cpus=0.25, foreground__replicas=REPLICAS,
+                         foreground__max_sessions=SLOTS_PER_REPLICA, foreground__threads=1)
+    loop = asyncio.new_event_loop()
+    running = LocalCluster(config)
+    loop.run_until_complete(running.__aenter__())
+    yield loop, running
+    loop.run_until_complete(running.__aexit__(None, None, None))
+    loop.close()
+
+
+def _run(cluster, coro):
+    loop, _ = cluster
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout=120))
+
+
+async def _stream(session, chunks: int, freq: float, pace_s: float = 0.2) -> None:
+    for seq in range(1, chunks + 1):
+        await session.send_audio(_chunk(freq), seq=seq)
+        await asyncio.sleep(pace_s)
+
+
+async def _drain(session, max_s: float = 10.0) -> list[pb.ServerMessage]:
+    """Every message until the session's `closed` one."""
+    seen = []
+    while (item := await session.next_message(timeout_s=max_s)) is not None:
+        seen.append(item[1])
+        if item[1].WhichOneof("payload") == "closed":
+            break
+    return seen
+
+
+async def _receive_for(session, seconds: float) -> list[pb.ServerMessage]:
+    seen = []
+    deadline = asyncio.get_running_loop().time() + seconds
+    while (left := deadline - asyncio.get_running_loop().time()) > 0:
+        try:
+            seen.append((await session.next_message(timeout_s=left))[1])
+        except TimeoutError:
+            break
+    return seen
+
+
+def test_two_concurrent_sessions_stay_isolated_on_the_replica_that_holds_them(cluster):
+    gateway = cluster[1].endpoints.gateway
+    directory = SessionDirectory.from_url(cluster[1].endpoints.redis_url)
+
+    async def main():
+        async with InteractionClient(gateway) as client:
+            async with client.session() as a, client.session(direct=True) as b:
+                assert a.opened.session_id != b.opened.session_id
+                for s in (a, b):
+                    where = await directory.lookup(s.opened.session_id)
+                    assert where is not None and where.address == s.opened.replica
+                await asyncio.gather(_stream(a, 6, 200), _stream(b, 4, 330))
+                await asyncio.sleep(0.5)
+                await a.close()
+                await b.close()
+                got_a, got_b = await _drain(a), await _drain(b)
+        await directory.close()
+        return got_a, got_b
+
+    got_a, got_b = _run(cluster, main())
+    for got, chunks in ((got_a, 6), (got_b, 4)):
+        used = sorted({m.audio.timing.input_seq for m in got if m.WhichOneof("payload") == "audio"} - {0})
+        assert used == list(range(1, chunks + 1))  # every chunk reached this session's slot, once
+        seqs = [m.seq for m in got]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        assert got[-1].closed.reason
+
+
+def test_a_full_cluster_says_resource_exhausted_and_closing_frees_a_slot(cluster):
+    gateway = cluster[1].endpoints.gateway
+
+    async def main():
+        async with InteractionClient(gateway) as client:
+            held = []
+            for _ in range(SLOTS_PER_REPLICA * REPLICAS):
+                held.append(await client.open_session())
+            assert len({h.replica for h in held}) == REPLICAS  # Serve spread them
+            with pytest.raises(grpc.aio.AioRpcError) as full:
+                await client.open_session()
+            assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert dict(full.value.trailing_metadata() or ()).get("retry-after-ms")
+            first = held[0]
+            async with client.session(session_id=first.session_id, token=first.token) as s:
+                await s.close()
+                await _drain(s)
+            again = await client.open_session()
+            assert again.session_id
+            for h in [*held[1:], again]:  # release the rest
+                async with client.session(session_id=h.session_id, token=h.token) as s:
+                    await s.close()
+                    await _drain(s)
+
+    _run(cluster, main())
+
+
+def test_a_malformed_chunk_names_the_field_and_the_session_and_its_peers_go_on(cluster):
+    gateway = cluster[1].endpoints.gateway
+
+    async def main():
+        async with InteractionClient(gateway) as client:
+            async with client.session() as bad, client.session() as peer:
+                await bad.send_audio(b"\x01\x02\x03", seq=1)
+                await bad.send(pb.ClientMessage())  # no payload at all
+                await asyncio.gather(_stream(bad, 3, 200), _stream(peer, 3, 250))
+                await asyncio.sleep(0.4)
+                await bad.close()
+                await peer.close()
+                return await _drain(bad), await _drain(peer)
+
+    got_bad, got_peer = _run(cluster, main())
+    errors = [m.error for m in got_bad if m.WhichOneof("payload") == "error"]
+    assert [(e.code, e.field) for e in errors] == [("INVALID_ARGUMENT", "audio.pcm16"), ("INVALID_ARGUMENT", "payload")]
+    for got in (got_bad, got_peer):
+        used = {m.audio.timing.input_seq for m in got if m.WhichOneof("payload") == "audio"}
+        assert {1, 2, 3} <= used
+
+
+def test_the_first_message_must_be_open(cluster):
+    gateway = cluster[1].endpoints.gateway
+
+    async def main():
+        async with grpc.aio.insecure_channel(gateway) as channel:
+            call = interaction_pb2_grpc.InteractionStub(channel).Converse(
+                iter([pb.ClientMessage(text=pb.TextInput(text="hi"))]))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in call:
+                    pass
+            return err.value
+
+    err = _run(cluster, main())
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "open" in err.details()
+
+
+def test_a_dropped_stream_resumes_without_gaps_and_a_wrong_token_is_refused(cluster):
+    gateway = cluster[1].endpoints.gateway
+
+    async def main():
+        async with InteractionClient(gateway) as client:
+            async with client.session() as first:
+                opened = first.opened
+                await _stream(first, 3, 200)
+                seen = await _receive_for(first, 0.5)
+            last = max(m.seq for m in seen)
+            await asyncio.sleep(0.6)  # ticks go on while nobody listens
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                async with client.session(session_id=opened.session_id, token="wrong"):
+                    pass
+            async with client.session(session_id=opened.session_id, token=opened.token,
+                                      resume_after_seq=last) as again:
+                assert again.opened.resumed and again.opened.session_id == opened.session_id
+                await again.close()
+                resumed = await _drain(again)
+            return last, resumed, denied.value
+
+    last, resumed, denied = _run(cluster, main())
+    assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
+    seqs = [m.seq for m in resumed]
+    assert seqs[0] == last + 1 and seqs == list(range(last + 1, last + 1 + len(seqs)))
