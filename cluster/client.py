@@ -111,6 +111,20 @@ class ClientSession:
         finally:
             await self._incoming.put(None)
 
+    def chunk_clock(self, guard_s: float = 0.025, period_s: float = 0.2) -> float:
+        """A `time.monotonic()` origin t0 for cutting chunks: chunk k (covering t0 + k*period
+        .. t0 + (k+1)*period) is sent at t0 + (k+1)*period, `guard_s` before one of the
+        replica's tick boundaries, so it is used by that tick instead of waiting up to one
+        more. Falls back to "now" when the server did not say when it ticks."""
+        now_mono, now_wall = time.monotonic(), time.time()
+        boundary = (self.opened.next_tick_unix_ns / 1e9) if self.opened and self.opened.next_tick_unix_ns else 0.0
+        if not boundary:
+            return now_mono
+        send_first = boundary - guard_s
+        while send_first - period_s < now_wall:  # chunk 0 must start being "recorded" now or later
+            send_first += period_s
+        return send_first - period_s - now_wall + now_mono
+
     async def send_audio(self, pcm16: bytes, seq: int, sample_rate: int = 0) -> None:
         self.sent_ns[seq] = time.time_ns()
         await self._outgoing.put(pb.ClientMessage(audio=pb.AudioChunk(seq=seq, pcm16=pcm16, sample_rate=sample_rate)))

@@ -58,10 +58,29 @@ def test_a_missing_chunk_becomes_silence_and_is_counted(model):
     engine = _engine(model)
     engine.join("a")
     engine.join("b")
+    engine.tick()  # nobody has sent anything yet: not late, just not started
+    assert engine.slots.get("b").late_chunks == 0
+    for name in ("a", "b"):
+        engine.submit_audio(name, _tone())
+    engine.tick()
     engine.submit_audio("a", _tone())
     engine.tick()  # b sent nothing
     assert engine.slots.get("b").late_chunks == 1 and engine.slots.get("a").late_chunks == 0
     assert torch.count_nonzero(engine.buffers.pcm16k[1]) == 0
+
+
+def test_a_session_behind_real_time_catches_up_in_a_pause(model):
+    engine = _engine(model)
+    engine.join("slipped")
+    silence = bytes(2 * IN_SAMPLES)
+    for chunk in (_tone(), _tone(), silence, silence):  # a backlog: two chunks too many
+        engine.submit_audio("slipped", chunk)
+    engine.tick()
+    engine.tick()  # speech is never skipped, even when behind
+    assert engine.slots.get("slipped").skipped_chunks == 0
+    engine.tick()  # behind and silent: one chunk is skipped to catch up
+    record = engine.slots.get("slipped")
+    assert record.skipped_chunks == 1 and record.extra["queue_size"] == 0
 
 
 def test_a_flooding_client_loses_its_oldest_chunks_not_real_time(model):

@@ -24,9 +24,9 @@ def test_vad_policy_takes_the_floor_after_the_silence_threshold():
     state = TurnState()
     decisions = _run(policy, state, [SPEECH] * 3 + [SILENCE] * 5)
     speaking = [d.speak for d in decisions]
-    # 6 windows x 32 ms = 192 ms of silence per tick: 600 ms is reached in the 4th silent tick.
-    assert speaking == [False] * 6 + [True] * 2
-    assert (K.MODEL_SPEECH_STARTED, "threshold") in _kinds(decisions[6])
+    # A silent tick is 200 ms of silence: 600 ms is reached in the 3rd silent tick.
+    assert speaking == [False] * 5 + [True] * 3
+    assert (K.MODEL_SPEECH_STARTED, "threshold") in _kinds(decisions[5])
     assert (K.USER_SPEECH_STOPPED, "vad") in _kinds(decisions[3])
 
 
@@ -51,7 +51,7 @@ def test_hybrid_with_an_uncalibrated_head_falls_back_to_the_threshold():
     policy = TurnPolicy(TurnPolicyConfig(policy="hybrid", head_calibrated=False, silence_threshold_ms=400))
     state = TurnState()
     decisions = _run(policy, state, [SPEECH, SILENCE, SILENCE, SILENCE], head=HEAD_SPEAK)
-    assert [d.speak for d in decisions] == [False, False, False, True]
+    assert [d.speak for d in decisions] == [False, False, True, True]
 
 
 def test_model_policy_follows_the_head_alone():

@@ -51,13 +51,13 @@ def _voice_chunk(i: int) -> bytes:
 
 
 async def _one_session(client: InteractionClient, i: int, seconds: float, direct: bool, tally: LoadTally,
-                       start_at: float) -> None:
+                       start_at: float, guard_s: float) -> None:
     chunk = _voice_chunk(i)
     try:
         async with client.session(direct=direct) as session:
             receiver = asyncio.create_task(_receive(session, tally))
             await asyncio.sleep(max(0.0, start_at - time.monotonic()))
-            t0 = time.monotonic()
+            t0 = session.chunk_clock(guard_s=guard_s, period_s=CHUNK_S)
             chunks = int(seconds / CHUNK_S)
             for seq in range(1, chunks + 1):
                 await asyncio.sleep(max(0.0, t0 + seq * CHUNK_S - time.monotonic()))
@@ -101,11 +101,13 @@ async def run_load(config: MicroturnConfig, sessions: int, seconds: float, via: 
     async with _cluster_or_address(config, address) as (gateway, cluster):
         tally = LoadTally()
         async with InteractionClient(gateway) as client:
-            # Independent clients: their 200 ms chunk clocks have random phases, not one beat.
+            # Every client cuts its chunks to arrive a little before the replica's tick
+            # (`ClientSession.chunk_clock`), as the SDK does for a live microphone; how much
+            # before differs per client (20-80 ms), as their networks would.
             start_at = time.monotonic() + 1.0
-            phases = np.random.default_rng(0).uniform(0, CHUNK_S, sessions)
+            guards = np.random.default_rng(0).uniform(0.02, 0.08, sessions)
             log.info("%d sessions streaming for %.0f s (%s)", sessions, seconds, via)
-            await asyncio.gather(*(_one_session(client, i, seconds, via == "direct", tally, start_at + phases[i])
+            await asyncio.gather(*(_one_session(client, i, seconds, via == "direct", tally, start_at, guards[i])
                                    for i in range(sessions)))
         replica = await cluster.foreground.describe.remote() if cluster else {}
     return {

@@ -128,8 +128,8 @@ async def stream_script(session: ClientSession, track: Track, tail_s: float = 2.
         chunk_samples=chunk_samples, track_chunks=track_chunks,
         output_sample_rate=(opened.output_sample_rate if opened and opened.output_sample_rate else OUTPUT_RATE))
     period = CHUNK_MS / 1000
-    t0 = time.monotonic()
-    recording.t0_ns = time.time_ns()
+    t0 = session.chunk_clock(period_s=period)  # chunks arrive just before the replica's ticks
+    recording.t0_ns = time.time_ns() + int((t0 - time.monotonic()) * 1e9)
     recorder = asyncio.create_task(_record(session, recording, t0))
     log.info("streaming %.1f s of user audio + %.1f s of silence (session %s)",
              track.seconds, tail_s, recording.session_id[:8])

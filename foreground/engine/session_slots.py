@@ -40,8 +40,9 @@ class SessionRecord:
     session_id: str
     slot: int
     ticks: int = 0
-    late_chunks: int = 0
-    dropped_chunks: int = 0
+    late_chunks: int = 0  # ticks with no chunk (after the first one arrived): silence instead
+    dropped_chunks: int = 0  # chunks dropped because the client sent faster than real time
+    skipped_chunks: int = 0  # near-silent chunks skipped to catch up after a slip
     extra: dict = field(default_factory=dict)
 
 

@@ -47,9 +47,18 @@ class TickLoop:
         self.stats = TickLoopStats()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tick")
         self._stopping = asyncio.Event()
+        self._start_wall_ns: int | None = None
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def next_boundary_ns(self) -> int:
+        """Wall-clock time of the next tick boundary (0 before the loop runs)."""
+        if self._start_wall_ns is None:
+            return 0
+        period_ns = int(self.period * 1e9)
+        elapsed = time.time_ns() - self._start_wall_ns
+        return self._start_wall_ns + (elapsed // period_ns + 1) * period_ns
 
     async def between_ticks(self, fn, *args):
         """Run fn(*args) on the tick thread, so it never overlaps a tick (joins, leaves)."""
@@ -58,6 +67,7 @@ class TickLoop:
     async def run(self, max_ticks: int | None = None) -> TickLoopStats:
         loop = asyncio.get_running_loop()
         start = time.monotonic()
+        self._start_wall_ns = time.time_ns()
         boundary = 0
         try:
             while not self._stopping.is_set() and (max_ticks is None or self.stats.ticks < max_ticks):

@@ -11,7 +11,7 @@ import codecs
 import logging
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -38,6 +38,7 @@ from foreground.model.vocoder import ChannelVocoder
 log = logging.getLogger(__name__)
 
 VAD_WINDOWS_PER_TICK = 6
+SILENT_PEAK = 200  # int16 peak below which a queued chunk counts as silence (-44 dBFS)
 
 
 @dataclass
@@ -55,14 +56,6 @@ class SessionOutput:
     input_received_ns: int = 0
     tick_started_ns: int = 0
     tick_ended_ns: int = 0
-
-
-@dataclass
-class TickStats:
-    ticks: int = 0
-    late_chunks: int = 0
-    dropped_chunks: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
 
 
 class _StreamBuffers:
@@ -118,7 +111,8 @@ class TickScheduler:
         self.jobs = jobs or CollectingJobSink()
         self.default_input_rate = default_input_rate
         self.tick_count = 0
-        self.stats = TickStats()
+        self._peak_scratch = torch.zeros(self.queue.samples.shape[-1], dtype=torch.int16)
+        self._peak = torch.zeros((), dtype=torch.int16)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -197,10 +191,10 @@ class TickScheduler:
         buf, text_slots = self.buffers, self.cfg.text_slots_per_tick
         n16, n24 = buf.pcm16k.shape[1], buf.pcm24k.shape[1]
         for record in records:
-            slot, chunk = record.slot, self.queue.pop(record)
+            slot, chunk = record.slot, self._next_chunk(record)
             record.extra["input_meta"] = chunk[2] if chunk and chunk[2] else (0, 0)
             if chunk is None:
-                record.late_chunks += 1
+                record.late_chunks += record.extra.get("audio_started", False)
                 buf.pcm16k[slot].zero_()
                 buf.is24k[slot] = False
             elif chunk[1] == 24_000:
@@ -212,6 +206,24 @@ class TickScheduler:
             pending = record.extra["text_in"]
             for i in range(text_slots):
                 self.inputs.text_ids[slot, i] = pending.pop(0) if pending else PAD_ID
+
+    def _next_chunk(self, record: SessionRecord):
+        """The oldest queued chunk. A session whose queue holds more than the chunk it needs
+        is behind real time (a chunk slipped past a tick boundary and the client keeps
+        sending at pace): it catches up by skipping a near-silent chunk, as jitter buffers
+        shrink in pauses, rather than carrying an extra 200 ms of delay for good."""
+        chunk = self.queue.pop(record)
+        while chunk is not None and record.extra.get("queue_size", 0) > 0 and self._near_silent(chunk):
+            record.skipped_chunks += 1
+            chunk = self.queue.pop(record)
+        if chunk is not None:
+            record.extra["audio_started"] = True
+        return chunk
+
+    def _near_silent(self, chunk) -> bool:
+        samples = chunk[0][: chunk[1] * self.cfg.audio.tick_ms // 1000]
+        torch.abs(samples, out=self._peak_scratch[: samples.numel()])
+        return int(torch.amax(self._peak_scratch[: samples.numel()], dim=0, out=self._peak)) < SILENT_PEAK
 
     def _featurize(self, b: int) -> None:
         buf = self.buffers

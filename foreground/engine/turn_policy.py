@@ -51,6 +51,7 @@ class TurnPolicyConfig:
     max_turn_ticks: int = 25  # a seeded model never ends a turn by itself: cap it at 5 s
     delegate_threshold: float = 0.9
     delegate_cooldown_ticks: int = 25
+    tick_ms: float = 200.0
 
 
 @dataclass
@@ -122,7 +123,7 @@ class TurnPolicy:
                 state.user_speaking = True
                 events.append(TurnEvent(TurnEventKind.USER_SPEECH_STARTED, "vad", state.epoch))
         else:
-            state.silence_ms += len(vad_probs) * VAD_WINDOW_MS
+            state.silence_ms += self.config.tick_ms  # the whole tick was silent
             if state.user_speaking:
                 state.user_speaking = False
                 events.append(TurnEvent(TurnEventKind.USER_SPEECH_STOPPED, "vad", state.epoch))

@@ -102,7 +102,8 @@ class SessionHost:
         return pb.SessionOpened(session_id=session.session_id, token=session.token,
                                 output_sample_rate=self.engine.cfg.audio.output_rate,
                                 tick_ms=self.settings.tick_ms, replica=self.settings.address,
-                                resumed=resumed, last_seq=session.seq)
+                                resumed=resumed, last_seq=session.seq,
+                                next_tick_unix_ns=self.ticker.next_boundary_ns())
 
     async def close(self, session: LiveSession, reason: str) -> None:
         if session.closed:

@@ -98,7 +98,7 @@ class ClientMessage(_message.Message):
     def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., video: _Optional[_Union[VideoFrame, _Mapping]] = ..., text: _Optional[_Union[TextInput, _Mapping]] = ..., tool_request: _Optional[_Union[_events_pb2.ToolRequest, _Mapping]] = ..., close: _Optional[_Union[SessionClose, _Mapping]] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
-    __slots__ = ("session_id", "token", "output_sample_rate", "tick_ms", "replica", "resumed", "last_seq")
+    __slots__ = ("session_id", "token", "output_sample_rate", "tick_ms", "replica", "resumed", "last_seq", "next_tick_unix_ns")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +106,7 @@ class SessionOpened(_message.Message):
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TICK_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     token: str
     output_sample_rate: int
@@ -113,7 +114,8 @@ class SessionOpened(_message.Message):
     replica: str
     resumed: bool
     last_seq: int
-    def __init__(self, session_id: _Optional[str] = ..., token: _Optional[str] = ..., output_sample_rate: _Optional[int] = ..., tick_ms: _Optional[int] = ..., replica: _Optional[str] = ..., resumed: _Optional[bool] = ..., last_seq: _Optional[int] = ...) -> None: ...
+    next_tick_unix_ns: int
+    def __init__(self, session_id: _Optional[str] = ..., token: _Optional[str] = ..., output_sample_rate: _Optional[int] = ..., tick_ms: _Optional[int] = ..., replica: _Optional[str] = ..., resumed: _Optional[bool] = ..., last_seq: _Optional[int] = ..., next_tick_unix_ns: _Optional[int] = ...) -> None: ...
 
 class TickTiming(_message.Message):
     __slots__ = ("input_seq", "input_received_unix_ns", "tick_started_unix_ns", "tick_ended_unix_ns")
