@@ -1,0 +1,82 @@
+"""The event bus contract: which Redis streams carry which protobuf messages, and how.
+
+- `mt:session:<id>:events`: `Event` envelopes for one session (bounded length); an entry's
+  field `e` holds the serialized Event. Publishing is idempotent on `Event.event_id`: a
+  `SET NX` marker (`mt:event:<session>:<event_id>`, with a TTL) makes a retried publish a no-op,
+  so a session sees each result once however often a worker retried.
+- `mt:jobs`: `Job` messages (field `j`) for the background pool's consumer group `pool`.
+
+Foreground, background and the cluster's EventBus gRPC service all use this module; it is
+the one place that knows stream names and encodings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+
+from protos.microturn.v1 import events_pb2
+
+EVENTS_MAXLEN = 1000  # per session stream (approximate trimming)
+IDEMPOTENCY_TTL_S = 24 * 3600
+JOBS_STREAM = "mt:jobs"
+JOBS_GROUP = "pool"
+JOBS_MAXLEN = 100_000
+
+
+def events_stream(session_id: str) -> str:
+    return f"mt:session:{session_id}:events"
+
+
+class EventBus:
+    """Publish to and read from sessions' event streams."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.redis = client
+
+    @classmethod
+    def from_url(cls, url: str) -> EventBus:
+        return cls(aioredis.Redis.from_url(url))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def publish(self, event: events_pb2.Event) -> tuple[str, bool]:
+        """Append `event` to its session's stream. Returns (stream id, duplicate): a repeated
+        `event_id` is not appended again (its first id is returned)."""
+        if not event.session_id or not event.event_id:
+            raise ValueError("an event needs session_id and event_id")
+        marker = f"mt:event:{event.session_id}:{event.event_id}"
+        if not await self.redis.set(marker, "pending", nx=True, ex=IDEMPOTENCY_TTL_S):
+            return (await self.redis.get(marker) or b"").decode(), True
+        entry_id = await self.redis.xadd(events_stream(event.session_id), {"e": event.SerializeToString()},
+                                         maxlen=EVENTS_MAXLEN, approximate=True)
+        entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        await self.redis.set(marker, entry_id, ex=IDEMPOTENCY_TTL_S)
+        return entry_id, False
+
+    async def read(self, streams: dict[str, str], block_ms: int = 100,
+                   count: int = 100) -> list[tuple[str, str, events_pb2.Event]]:
+        """One read over several sessions: {session_id: after_id} -> [(session_id, id, event)]."""
+        if not streams:
+            return []
+        reply = await self.redis.xread({events_stream(s): after or "0-0" for s, after in streams.items()},
+                                       block=block_ms, count=count)
+        out = []
+        for stream, entries in reply or []:
+            stream = stream.decode() if isinstance(stream, bytes) else stream
+            session_id = stream.split(":", 2)[2].rsplit(":", 1)[0]
+            for entry_id, fields in entries:
+                entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                out.append((session_id, entry_id, events_pb2.Event.FromString(fields[b"e"])))
+        return out
+
+    async def subscribe(self, session_id: str, after_id: str = "0-0",
+                        block_ms: int = 1000) -> AsyncIterator[tuple[str, events_pb2.Event]]:
+        """Every event after `after_id`, then follow the stream (resume with the last id)."""
+        last = after_id or "0-0"
+        while True:
+            for _, entry_id, event in await self.read({session_id: last}, block_ms=block_ms):
+                last = entry_id
+                yield entry_id, event
