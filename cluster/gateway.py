@@ -4,7 +4,8 @@ Clients outside Kubernetes cannot reach replica pods, so the gateway (stateless,
 `grpc.aio`, ~0.3 ms per hop measured here) serves the same `Interaction` protocol and relays
 each session to the replica that holds it (see `gateway_relay`). Gateways scale horizontally
 behind one Service; a session survives a gateway restart by reconnecting through any gateway.
-Every gateway serves grpc.health.v1 and reflection.
+Every gateway also serves the `EventBus` (publish/subscribe to a session's events with its
+token), grpc.health.v1 and reflection.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ import logging
 
 import grpc
 
+from cluster.event_bus_service import EventBusService
 from cluster.gateway_relay import GatewayInteractionService
 from foreground.serve.session_directory import SessionDirectory
-from protos.microturn.v1 import interaction_pb2, interaction_pb2_grpc
+from protos.event_bus import EventBus
+from protos.microturn.v1 import eventbus_pb2, eventbus_pb2_grpc, interaction_pb2, interaction_pb2_grpc
 from protos.standard_services import add_standard_services, mark_not_serving, mark_serving
 
 log = logging.getLogger(__name__)
 
 INTERACTION = interaction_pb2.DESCRIPTOR.services_by_name["Interaction"].full_name
+EVENT_BUS = eventbus_pb2.DESCRIPTOR.services_by_name["EventBus"].full_name
 
 
 class Gateway:
@@ -29,7 +33,9 @@ class Gateway:
         self.directory = SessionDirectory.from_url(redis_url)
         self.relay = GatewayInteractionService(foreground, self.directory)
         interaction_pb2_grpc.add_InteractionServicer_to_server(self.relay, self.server)
-        self.services = [INTERACTION]
+        self.bus = EventBus.from_url(redis_url)
+        eventbus_pb2_grpc.add_EventBusServicer_to_server(EventBusService(self.bus, self.directory), self.server)
+        self.services = [INTERACTION, EVENT_BUS]
         self.health = add_standard_services(self.server, self.services)
         self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
@@ -46,3 +52,4 @@ class Gateway:
         await self.server.stop(grace_s)
         await self.relay.close()
         await self.directory.close()
+        await self.bus.close()

@@ -13,6 +13,7 @@ straight to that port, or through a gateway that looks the session up.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -31,8 +32,12 @@ from foreground.engine.turn_policy import TurnPolicyConfig
 from foreground.model.checkpoint import ensure_seeded_checkpoint, load_checkpoint
 from foreground.serve.free_slot_router import FreeSlotRouter
 from foreground.serve.interaction_service import ReplicaInteractionService
+from foreground.serve.job_sink import RedisJobSink
+from foreground.serve.result_follower import ResultFollower
 from foreground.serve.session_directory import SessionDirectory
 from foreground.serve.session_host import HostSettings, SessionHost
+from protos.event_bus import EventBus
+from protos.job_stream import JobStream
 from protos.microturn.v1 import interaction_pb2, interaction_pb2_grpc
 from protos.standard_services import add_standard_services, mark_not_serving, mark_serving
 
@@ -71,8 +76,10 @@ class ForegroundReplica:
         torch.set_num_threads(settings.threads or max(1, int(os.environ.get("OMP_NUM_THREADS", "0"))
                                                       or len(os.sched_getaffinity(0))))
         model = load_checkpoint(settings.checkpoint or ensure_seeded_checkpoint(settings.preset))
+        self.bus = EventBus.from_url(settings.redis_url) if settings.redis_url else None
+        jobs = RedisJobSink(JobStream(self.bus.redis), asyncio.get_running_loop()) if self.bus else None
         engine = TickScheduler(model, settings.max_sessions, TurnPolicyConfig(policy=settings.turn_policy),
-                               invariant_kernels=settings.invariant_kernels)
+                               jobs=jobs, invariant_kernels=settings.invariant_kernels)
         self.server = grpc.aio.server()
         port = self.server.add_insecure_port(f"{host}:0")
         self.address = f"{ray.util.get_node_ip_address()}:{port}"
@@ -83,7 +90,8 @@ class ForegroundReplica:
             idle_timeout_s=settings.idle_timeout_s, resume_grace_s=settings.resume_grace_s), self.directory)
         interaction_pb2_grpc.add_InteractionServicer_to_server(ReplicaInteractionService(self.host), self.server)
         self.health = add_standard_services(self.server, [INTERACTION])
-        await self.host.start()
+        follower = ResultFollower(self.bus, lambda: list(self.host.sessions), self.host.on_event) if self.bus else None
+        await self.host.start(follower)
         await self.server.start()
         await mark_serving(self.health, [INTERACTION])
         log.info("foreground replica %s: %d slots, sessions on %s", self.replica_id, settings.max_sessions,
@@ -126,6 +134,8 @@ class ForegroundReplica:
         if self.directory:
             await self.directory.withdraw_replica(self.replica_id)
             await self.directory.close()
+        if self.bus:
+            await self.bus.close()
 
 
 def _replica_id() -> str:

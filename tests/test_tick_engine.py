@@ -225,3 +225,39 @@ def test_the_delegate_head_hands_a_job_to_the_sink(tmp_path):
     assert len(jobs) == 2 and delegated[0] == jobs[0].job_id and delegated[5] == jobs[1].job_id
     assert jobs[0].session_id == "asker" and jobs[0].epoch == 0
     assert jobs[0].conversation[0].text == "what is the weather in Paris?"
+
+
+def _text_ids(engine, slot=0):
+    return engine.inputs.text_ids[slot].tolist()
+
+
+def test_results_are_woven_at_a_tick_boundary_before_the_clients_text(model):
+    from foreground.engine.tick_scheduler import WovenResult
+    from foreground.model.config import PAD_ID
+
+    engine = _engine(model)
+    engine.join("s")
+    engine.submit_text("s", "hi")
+    engine.submit_result("s", "abc", WovenResult("ev-1", "job-1", 0, 123))
+    first = engine.tick()[0]
+    assert _text_ids(engine) == [ord("a"), ord("b")] and [w.event_id for w in first.woven] == ["ev-1"]
+    second = engine.tick()[0]
+    assert _text_ids(engine) == [ord("c"), ord("h")] and second.woven == []
+    engine.tick()
+    assert _text_ids(engine) == [ord("i"), PAD_ID]
+
+
+def test_results_wait_while_the_user_speaks_unless_urgent(model):
+    from foreground.engine.tick_scheduler import WovenResult
+    from foreground.model.config import PAD_ID
+
+    engine = _engine(model)
+    engine.join("s")
+    engine.slots.get("s").extra["turn"].user_speaking = True
+    engine.submit_result("s", "later", WovenResult("ev-1", "j", 0, 1))
+    engine.tick()
+    assert _text_ids(engine) == [PAD_ID, PAD_ID]
+    engine.slots.get("s").extra["turn"].user_speaking = True
+    engine.submit_result("s", "now", WovenResult("ev-2", "j", 0, 1), urgent=True)
+    out = engine.tick()[0]
+    assert _text_ids(engine) == [ord("n"), ord("o")] and [w.event_id for w in out.woven] == ["ev-2"]

@@ -11,7 +11,7 @@ import codecs
 import logging
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -52,10 +52,21 @@ class SessionOutput:
     text: str
     events: list[TurnEvent]
     delegated_job_id: str = ""
+    woven: list = field(default_factory=list)  # WovenResult: background results that entered now
     input_seq: int = 0  # the client's chunk seq this tick used (0: none arrived: silence)
     input_received_ns: int = 0
     tick_started_ns: int = 0
     tick_ended_ns: int = 0
+
+
+@dataclass(frozen=True)
+class WovenResult:
+    """A background result whose first tokens entered the model's input this tick."""
+
+    event_id: str
+    job_id: str
+    epoch: int
+    published_ns: int
 
 
 class _StreamBuffers:
@@ -124,7 +135,7 @@ class TickScheduler:
             raise InvalidInput("open.turn_policy", f"unknown turn policy {turn_policy!r}")
         policy = TurnPolicy(replace(self.turn_config, policy=turn_policy)) if turn_policy else self.policy
         record = self.slots.join(session_id)
-        record.extra.update(rate=rate, turn=TurnState(), text_in=[], conversation=[], policy=policy,
+        record.extra.update(rate=rate, turn=TurnState(), text_in=[], results_in=[], conversation=[], policy=policy,
                             text_out=codecs.getincrementaldecoder("utf-8")(errors="replace"))
         page = (seed if seed is not None else hash(session_id)) % NOISE_PAGES
         self.inputs.noise_page[record.slot] = page
@@ -149,6 +160,15 @@ class TickScheduler:
         with self.slots.lock:
             record.extra["text_in"].extend(data)
             record.extra["conversation"].append(("user", text, self.tick_count))
+
+    def submit_result(self, session_id: str, text: str, result: WovenResult, urgent: bool = False) -> None:
+        """A background result to weave into the model's input at a tick boundary: before
+        the client's own text, and not while the user is speaking unless `urgent`."""
+        data = text.encode("utf-8") or b"(empty result)"
+        with self.slots.lock:
+            record = self.slots.get(session_id)
+            record.extra["results_in"].append([bytearray(data), result, urgent, False])
+            record.extra["conversation"].append(("tool", text, self.tick_count))
 
     def submit_video(self, session_id: str, jpeg: bytes | None = None, raw_rgb: bytes | None = None,
                      width: int = 0, height: int = 0) -> None:
@@ -203,9 +223,9 @@ class TickScheduler:
             else:
                 buf.pcm16k[slot].copy_(chunk[0][:n16]).div_(32768.0)
                 buf.is24k[slot] = False
-            pending = record.extra["text_in"]
+            woven = record.extra["woven_now"] = []
             for i in range(text_slots):
-                self.inputs.text_ids[slot, i] = pending.pop(0) if pending else PAD_ID
+                self.inputs.text_ids[slot, i] = self._next_text_token(record, woven)
 
     def _next_chunk(self, record: SessionRecord):
         """The oldest queued chunk. A session whose queue holds more than the chunk it needs
@@ -219,6 +239,25 @@ class TickScheduler:
         if chunk is not None:
             record.extra["audio_started"] = True
         return chunk
+
+    def _next_text_token(self, record: SessionRecord, woven: list) -> int:
+        """Background results first (held while the user speaks, unless urgent), then the
+        client's text, else padding."""
+        results = record.extra["results_in"]
+        user_speaking = record.extra["turn"].user_speaking
+        for entry in results:
+            data, result, urgent, started = entry
+            if user_speaking and not urgent and not started:
+                continue
+            if not started:
+                entry[3] = True
+                woven.append(result)
+            token = data.pop(0)
+            if not data:
+                results.remove(entry)
+            return token
+        pending = record.extra["text_in"]
+        return pending.pop(0) if pending else PAD_ID
 
     def _near_silent(self, chunk) -> bool:
         samples = chunk[0][: chunk[1] * self.cfg.audio.tick_ms // 1000]
@@ -269,7 +308,7 @@ class TickScheduler:
             outputs.append(SessionOutput(
                 session_id=record.session_id, tick=self.tick_count,
                 pcm16=self.buffers.pcm16_out[i].numpy().tobytes(), speech=decision.speak,
-                text=text, events=decision.events, delegated_job_id=job_id,
+                text=text, events=decision.events, delegated_job_id=job_id, woven=record.extra["woven_now"],
                 input_seq=record.extra["input_meta"][0], input_received_ns=record.extra["input_meta"][1]))
         return outputs
 

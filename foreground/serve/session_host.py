@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from foreground.engine.delegation import make_job
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_loop import TickLoop
-from foreground.engine.tick_scheduler import SessionOutput, TickScheduler
+from foreground.engine.tick_scheduler import SessionOutput, TickScheduler, WovenResult
 from foreground.serve.live_session import LiveSession
 from foreground.serve.session_directory import SessionDirectory, SessionLocation
-from protos.microturn.v1 import interaction_pb2 as pb
+from protos.microturn.v1 import events_pb2, interaction_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+WEAVE_BYTES = 64  # how much of a result the model reads (2 byte tokens per tick)
+FORWARDED = ("tool_call", "tool_result", "ui", "transcript", "error")  # Event bodies clients get
 
 POLICIES = {pb.TURN_POLICY_MODEL: "model", pb.TURN_POLICY_VAD: "vad", pb.TURN_POLICY_HYBRID: "hybrid"}
 
@@ -58,14 +61,17 @@ class SessionHost:
     def running(self) -> bool:
         return bool(self._tasks) and not any(task.done() for task in self._tasks)
 
-    async def start(self) -> None:
+    async def start(self, follower=None) -> None:
+        """Start ticking; `follower` (a ResultFollower) brings bus events in."""
         self._tasks = [asyncio.create_task(self.ticker.run(), name="ticks"),
                        asyncio.create_task(self._sweep(), name="sweeper")]
+        if follower is not None:
+            self._tasks.append(asyncio.create_task(follower.run(), name="follower"))
 
     async def stop(self) -> None:
         self.ticker.stop()
         for task in self._tasks:
-            if task.get_name() == "sweeper":
+            if task.get_name() != "ticks":
                 task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
@@ -126,6 +132,28 @@ class SessionHost:
         session.emit(turn=pb.TurnEvent(kind=pb.TurnEvent.DELEGATED, cause="client", epoch=turn.epoch))
         return job.job_id
 
+    async def on_event(self, session_id: str, entry_id: str, event: events_pb2.Event) -> None:
+        """A bus event for one of our sessions: forward it to the client, and weave results
+        into the model's input unless they belong to an older epoch (the user has barged in
+        since the job started): those are recorded in the conversation but never voiced."""
+        session = self.sessions.get(session_id)
+        body = event.WhichOneof("body")
+        if session is None or body not in FORWARDED:
+            return
+        session.emit(**{body: getattr(event, body)})
+        if body == "tool_result" and not event.tool_result.error:
+            text = f"{event.tool_result.tool}: {event.tool_result.result_json}"
+        elif body == "ui":
+            text = f"ui.{event.ui.component}: {event.ui.props_json}"
+        else:
+            return
+        record = self.engine.slots.get(session_id)
+        if event.epoch < record.extra["turn"].epoch:
+            record.extra["conversation"].append(("tool", f"(stale, not voiced) {text}", self.engine.tick_count))
+            return
+        woven = WovenResult(event.event_id, event.job_id, event.epoch, event.created_unix_ms * 1_000_000)
+        self.engine.submit_result(session_id, text[:WEAVE_BYTES], woven, urgent=event.urgent)
+
     async def drain(self, reason: str = "replica is shutting down") -> None:
         """Tell every client to reconnect elsewhere before this replica goes away."""
         self.draining = True
@@ -146,6 +174,9 @@ class SessionHost:
             session.emit(audio=pb.AudioOut(audio_seq=out.tick, pcm16=out.pcm16, speech=out.speech, timing=timing))
             if out.text:
                 session.emit(text=pb.TextOut(text=out.text))
+            for woven in out.woven:
+                session.emit(woven=pb.Woven(event_id=woven.event_id, job_id=woven.job_id, epoch=woven.epoch,
+                                            published_unix_ns=woven.published_ns, woven_unix_ns=out.tick_started_ns))
             for event in out.events:
                 session.emit(turn=pb.TurnEvent(kind=pb.TurnEvent.Kind.Value(event.kind.value),
                                                cause=event.cause, epoch=event.epoch))

@@ -185,6 +185,20 @@ class GoAway(_message.Message):
     retry_after_ms: int
     def __init__(self, reason: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
+class Woven(_message.Message):
+    __slots__ = ("event_id", "job_id", "epoch", "published_unix_ns", "woven_unix_ns")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    WOVEN_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    job_id: str
+    epoch: int
+    published_unix_ns: int
+    woven_unix_ns: int
+    def __init__(self, event_id: _Optional[str] = ..., job_id: _Optional[str] = ..., epoch: _Optional[int] = ..., published_unix_ns: _Optional[int] = ..., woven_unix_ns: _Optional[int] = ...) -> None: ...
+
 class SessionClosed(_message.Message):
     __slots__ = ("reason", "ticks", "late_chunks")
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -196,7 +210,7 @@ class SessionClosed(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., ticks: _Optional[int] = ..., late_chunks: _Optional[int] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("seq", "tick", "opened", "audio", "text", "turn", "transcript", "tool_call", "tool_result", "ui", "error", "go_away", "closed")
+    __slots__ = ("seq", "tick", "opened", "audio", "text", "turn", "transcript", "tool_call", "tool_result", "ui", "error", "go_away", "closed", "woven")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TICK_FIELD_NUMBER: _ClassVar[int]
     OPENED_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +224,7 @@ class ServerMessage(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     GO_AWAY_FIELD_NUMBER: _ClassVar[int]
     CLOSED_FIELD_NUMBER: _ClassVar[int]
+    WOVEN_FIELD_NUMBER: _ClassVar[int]
     seq: int
     tick: int
     opened: SessionOpened
@@ -223,4 +238,5 @@ class ServerMessage(_message.Message):
     error: _events_pb2.Error
     go_away: GoAway
     closed: SessionClosed
-    def __init__(self, seq: _Optional[int] = ..., tick: _Optional[int] = ..., opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., audio: _Optional[_Union[AudioOut, _Mapping]] = ..., text: _Optional[_Union[TextOut, _Mapping]] = ..., turn: _Optional[_Union[TurnEvent, _Mapping]] = ..., transcript: _Optional[_Union[_events_pb2.Transcript, _Mapping]] = ..., tool_call: _Optional[_Union[_events_pb2.ToolCall, _Mapping]] = ..., tool_result: _Optional[_Union[_events_pb2.ToolResult, _Mapping]] = ..., ui: _Optional[_Union[_events_pb2.UiComponent, _Mapping]] = ..., error: _Optional[_Union[_events_pb2.Error, _Mapping]] = ..., go_away: _Optional[_Union[GoAway, _Mapping]] = ..., closed: _Optional[_Union[SessionClosed, _Mapping]] = ...) -> None: ...
+    woven: Woven
+    def __init__(self, seq: _Optional[int] = ..., tick: _Optional[int] = ..., opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., audio: _Optional[_Union[AudioOut, _Mapping]] = ..., text: _Optional[_Union[TextOut, _Mapping]] = ..., turn: _Optional[_Union[TurnEvent, _Mapping]] = ..., transcript: _Optional[_Union[_events_pb2.Transcript, _Mapping]] = ..., tool_call: _Optional[_Union[_events_pb2.ToolCall, _Mapping]] = ..., tool_result: _Optional[_Union[_events_pb2.ToolResult, _Mapping]] = ..., ui: _Optional[_Union[_events_pb2.UiComponent, _Mapping]] = ..., error: _Optional[_Union[_events_pb2.Error, _Mapping]] = ..., go_away: _Optional[_Union[GoAway, _Mapping]] = ..., closed: _Optional[_Union[SessionClosed, _Mapping]] = ..., woven: _Optional[_Union[Woven, _Mapping]] = ...) -> None: ...
