@@ -9,6 +9,10 @@ its tick used and when (replica clock = client clock: one machine), so
                    = inbound transport + outbound transport and delivery,
 
 i.e. client -> model -> client minus the wait for the tick boundary and the model step.
+
+Meanwhile a synthetic background result is published to every session's event stream every
+2 s, as a pool worker would; `bg_result_to_tick_ms` is result published -> the tick that took
+its first tokens started (from the replica's `Woven` messages).
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ from foreground.engine.percentiles import percentile
 from cluster.client import ClientSession, InteractionClient
 from cluster.config import MicroturnConfig
 from cluster.runtime import LocalCluster
+from protos.event_bus import EventBus
+from protos.microturn.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
 CHUNK_S = 0.2
+RESULT_EVERY_S = 2.0
 
 
 @dataclass
@@ -42,6 +49,7 @@ class LoadTally:
     chunks_sent: int = 0
     late_chunks: int = 0  # waited more than one tick for their tick, or never used
     errors: list[str] = field(default_factory=list)
+    woven_ms: list[float] = field(default_factory=list)  # background result published -> woven
 
 
 def _voice_chunk(i: int) -> bytes:
@@ -51,11 +59,12 @@ def _voice_chunk(i: int) -> bytes:
 
 
 async def _one_session(client: InteractionClient, i: int, seconds: float, direct: bool, tally: LoadTally,
-                       start_at: float, guard_s: float) -> None:
+                       start_at: float, guard_s: float, bus: EventBus | None) -> None:
     chunk = _voice_chunk(i)
     try:
         async with client.session(direct=direct) as session:
             receiver = asyncio.create_task(_receive(session, tally))
+            results = asyncio.create_task(_publish_results(bus, session.opened.session_id, seconds, i)) if bus else None
             await asyncio.sleep(max(0.0, start_at - time.monotonic()))
             t0 = session.chunk_clock(guard_s=guard_s, period_s=CHUNK_S)
             chunks = int(seconds / CHUNK_S)
@@ -65,8 +74,22 @@ async def _one_session(client: InteractionClient, i: int, seconds: float, direct
             await asyncio.sleep(0.6)  # let the last chunks come back
             await session.close("bench done")
             await asyncio.wait_for(receiver, timeout=10)
+            if results:
+                results.cancel()
     except Exception as e:  # counted, not raised: one failing client must not hide the rest
         tally.errors.append(f"session {i}: {type(e).__name__}: {e}")
+
+
+async def _publish_results(bus: EventBus, session_id: str, seconds: float, i: int) -> None:
+    """A background result for the session every RESULT_EVERY_S, as a worker would publish it."""
+    await asyncio.sleep(1.0 + (i % 10) * 0.13)
+    for k in range(int(seconds / RESULT_EVERY_S)):
+        event = events_pb2.Event(
+            session_id=session_id, event_id=f"bench-{k}", job_id=f"bench-job-{k}",
+            created_unix_ms=int(time.time() * 1000),
+            tool_result=events_pb2.ToolResult(job_id=f"bench-job-{k}", tool="clock", result_json='{"t": 1}'))
+        await bus.publish(event)
+        await asyncio.sleep(RESULT_EVERY_S)
 
 
 async def _receive(session: ClientSession, tally: LoadTally) -> None:
@@ -87,6 +110,8 @@ async def _receive(session: ClientSession, tally: LoadTally) -> None:
                 used.add(timing.input_seq)
                 if timing.tick_started_unix_ns - timing.input_received_unix_ns > CHUNK_S * 1e9:
                     tally.late_chunks += 1
+        elif kind == "woven":
+            tally.woven_ms.append((message.woven.woven_unix_ns - message.woven.published_unix_ns) / 1e6)
         elif kind == "error":
             tally.errors.append(f"{message.error.code}: {message.error.message}")
         elif kind == "closed":
@@ -100,6 +125,8 @@ async def run_load(config: MicroturnConfig, sessions: int, seconds: float, via: 
     sys.setswitchinterval(0.0005)  # this process also hosts Ray's driver threads: see deployment.py
     async with _cluster_or_address(config, address) as (gateway, cluster):
         tally = LoadTally()
+        redis_url = cluster.endpoints.redis_url if cluster else config.redis.url
+        bus = EventBus.from_url(redis_url) if redis_url else None
         async with InteractionClient(gateway) as client:
             # Every client cuts its chunks to arrive a little before the replica's tick
             # (`ClientSession.chunk_clock`), as the SDK does for a live microphone; how much
@@ -107,8 +134,10 @@ async def run_load(config: MicroturnConfig, sessions: int, seconds: float, via: 
             start_at = time.monotonic() + 1.0
             guards = np.random.default_rng(0).uniform(0.02, 0.08, sessions)
             log.info("%d sessions streaming for %.0f s (%s)", sessions, seconds, via)
-            await asyncio.gather(*(_one_session(client, i, seconds, via == "direct", tally, start_at, guards[i])
+            await asyncio.gather(*(_one_session(client, i, seconds, via == "direct", tally, start_at, guards[i], bus)
                                    for i in range(sessions)))
+        if bus:
+            await bus.close()
         replica = await cluster.foreground.describe.remote() if cluster else {}
     return {
         "bench": "load",
@@ -129,6 +158,9 @@ async def run_load(config: MicroturnConfig, sessions: int, seconds: float, via: 
         "overruns": replica.get("overruns"),
         "chunks_sent": tally.chunks_sent,
         "late_chunks": tally.late_chunks,
+        "bg_results_woven": len(tally.woven_ms),
+        "bg_result_to_tick_ms_p50": round(percentile(tally.woven_ms, 50), 2) if tally.woven_ms else None,
+        "bg_result_to_tick_ms_p99": round(percentile(tally.woven_ms, 99), 2) if tally.woven_ms else None,
         "errors": len(tally.errors),
         "error_samples": tally.errors[:5],
     }
