@@ -27,7 +27,8 @@ class Tool(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     # A JSON schema of type object with "additionalProperties": false; string fields carry a
-    # `pattern` or `enum` (with no min/maxLength beside a pattern: xgrammar drops or rejects them).
+    # `pattern` or `enum`, and no min/maxLength: beside a pattern xgrammar drops or rejects them,
+    # alone they make it refuse escaped characters. Bound lengths in the pattern or in `run`.
     parameters: ClassVar[dict[str, Any]]
     timeout_s: float = 5.0
 

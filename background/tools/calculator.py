@@ -126,9 +126,10 @@ class _Evaluator:
         raise ToolError(f"{type(node).__name__} is not allowed in an expression")
 
     def _call(self, node: ast.Call) -> Number:
-        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-            name = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
-            raise ToolError(f"unknown function {name!r}; known: {', '.join(FUNCTIONS)}")
+        if not isinstance(node.func, ast.Name):
+            raise ToolError(f"only plain function names can be called: {', '.join(FUNCTIONS)}")
+        if node.func.id not in FUNCTIONS:
+            raise ToolError(f"unknown function {node.func.id!r}; known: {', '.join(FUNCTIONS)}")
         if node.keywords:
             raise ToolError("keyword arguments are not allowed")
         function, least, most = FUNCTIONS[node.func.id]

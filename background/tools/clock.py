@@ -1,13 +1,13 @@
 """The current time somewhere, because a model has no clock and guesses badly.
 
-Time zones are IANA names resolved by `zoneinfo` (system tzdata or the `tzdata` package);
-an unknown name is a `ToolError` that says what a valid one looks like.
+Time zones are IANA names resolved by `zoneinfo` (system tzdata or the `tzdata` package; UTC
+needs neither); an unknown name is a `ToolError` that says what a valid one looks like.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -42,9 +42,11 @@ class ClockTool(Tool):
 
     async def run(self, args: dict[str, Any]) -> dict[str, Any]:
         name = (args.get("timezone") or "UTC").strip()
+        if name.upper() == "UTC":  # works even where the system has no tzdata
+            name = "UTC"
         try:
-            zone = ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
+            zone: tzinfo = timezone.utc if name == "UTC" else ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise ToolError(f"unknown time zone {name!r}; use an IANA name such as "
                             "'Europe/Paris', 'Asia/Tokyo' or 'UTC'") from None
         local = self._now().astimezone(zone)

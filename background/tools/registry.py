@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -23,6 +24,17 @@ from background.tools.config import ToolsConfig
 log = logging.getLogger(__name__)
 
 
+def _closest(error: ValidationError) -> ValidationError:
+    """For an anyOf/oneOf failure, the error of the branch that came closest (fewest errors),
+    so that the message says "'color' was unexpected" rather than "not valid under any"."""
+    while error.validator in ("anyOf", "oneOf") and error.context:
+        branches: dict[Any, list[ValidationError]] = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        error = best_match(min(branches.values(), key=len))
+    return error
+
+
 def _field_of(error: ValidationError) -> str:
     """The argument an error is about, as a dotted path ("series.0.values"), or "arguments"."""
     path = [str(p) for p in error.absolute_path]
@@ -34,6 +46,11 @@ def _field_of(error: ValidationError) -> str:
         known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
         path += sorted(k for k in instance if k not in known)[:1]
     return ".".join(path) or "arguments"
+
+
+def wire_name(name: str) -> str:
+    """A tool name as OpenAI's API accepts it (`[A-Za-z0-9_-]`): "ui.render" is "ui__render"."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name.replace(".", "__"))
 
 
 class ToolRegistry:
@@ -68,6 +85,12 @@ class ToolRegistry:
                  "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
                 for t in self._tools.values()]
 
+    def resolve(self, name: str) -> str | None:
+        """The registered name for `name` or its wire spelling; None if there is no such tool."""
+        if name in self._tools:
+            return name
+        return next((n for n in self._tools if wire_name(n) == name), None)
+
     async def call(self, name: str, arguments_json: str) -> ToolOutcome:
         """Run one call; every failure becomes an outcome with `error` set."""
         start = time.monotonic()
@@ -75,9 +98,10 @@ class ToolRegistry:
         def failed(message: str) -> ToolOutcome:
             return ToolOutcome(name, None, message, time.monotonic() - start)
 
-        tool = self._tools.get(name)
-        if tool is None:
+        registered = self.resolve(name)
+        if registered is None:
             return failed(f"unknown tool {name!r}; available: {', '.join(self._tools) or 'none'}")
+        name, tool = registered, self._tools[registered]
         try:
             args = json.loads(arguments_json) if arguments_json and arguments_json.strip() else {}
         except (json.JSONDecodeError, TypeError) as exc:
@@ -86,6 +110,7 @@ class ToolRegistry:
             return failed(f"{name}: arguments must be a JSON object, got {type(args).__name__}")
         error = best_match(self._validators[name].iter_errors(args))
         if error is not None:
+            error = _closest(error)
             return failed(f"{name}: invalid argument {_field_of(error)}: {error.message}")
         try:
             result = await asyncio.wait_for(tool.run(args), timeout=tool.timeout_s)
