@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -32,10 +34,16 @@ IM_END = "<|im_end|>"
 TOOL_CALL = "<tool_call>"
 SPECIAL_TOKENS = [EOS_TOKEN, IM_START, IM_END, TOOL_CALL]
 VOCAB_SIZE = 512  # BPE vocabulary incl. the 256 byte symbols and the special tokens
+MARKER = "microturn_reasoner.json"  # written last: its presence means the checkpoint is complete
+FORMAT = 1  # raise when what `_write` produces changes, so cached checkpoints are rewritten
 
-# Roles and tools are rendered as plain text; the tool list, when given, becomes a system turn.
+# Roles and tools are rendered as plain text. Tools appear by name and description only: their
+# parameter schemas constrain the generated arguments anyway, and in full (ui.render's alone is
+# ~3 kB) they would crowd the conversation out of a small context.
 CHAT_TEMPLATE = (
-    "{% if tools %}" + IM_START + "system\nTools: {{ tools | tojson }}" + IM_END + "\n{% endif %}"
+    "{% if tools %}" + IM_START + "system\nTools:\n"
+    "{% for tool in tools %}{% set f = tool['function'] if tool['function'] is defined else tool %}"
+    "- {{ f['name'] }}: {{ f['description'] }}\n{% endfor %}" + IM_END + "\n{% endif %}"
     "{% for message in messages %}"
     + IM_START + "{{ message['role'] }}\n{{ message['content'] }}" + IM_END + "\n"
     "{% endfor %}"
@@ -100,38 +108,61 @@ def tiny_mixtral_config(vocab_size: int, eos_token_id: int) -> MixtralConfig:
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=eos_token_id,
-        torch_dtype="float32",
+        dtype="float32",
     )
 
 
 def write_tiny_reasoner_checkpoint(directory: str | Path, seed: int = 0) -> Path:
     """Write the seeded tiny chat model (weights, config, tokenizer, template) to `directory`.
 
-    Idempotent: a directory that already holds a complete checkpoint for this seed is kept,
-    so that processes sharing a cache directory do not rewrite files under each other.
+    A directory that already holds the checkpoint for this seed is kept as it is. A new one is
+    built next to its final place and renamed into it, so that pool replicas sharing a cache
+    directory never load half a checkpoint, whichever of them writes it.
     """
     directory = Path(directory)
-    marker = directory / "microturn_reasoner.json"
-    if marker.exists() and json.loads(marker.read_text()).get("seed") == seed:
+    if _is_complete(directory, seed):
         logger.debug("tiny reasoner checkpoint already at %s", directory)
         return directory
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists():  # a folder someone chose: write into it
+        _write(directory, seed)
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        _write(staging, seed)
+        try:
+            staging.rename(directory)
+        except OSError:  # another process renamed its copy first
+            if not _is_complete(directory, seed):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
 
+
+def _is_complete(directory: Path, seed: int) -> bool:
+    marker = directory / MARKER
+    if not marker.exists():
+        return False
+    written = json.loads(marker.read_text())
+    return written.get("seed") == seed and written.get("format") == FORMAT
+
+
+def _write(directory: Path, seed: int) -> None:
     tokenizer = build_tokenizer()
     eos_id = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     config = tiny_mixtral_config(len(tokenizer), eos_id)
-    generator_state = torch.random.get_rng_state()
-    try:
+    rng_state = torch.random.get_rng_state()
+    try:  # seeded without disturbing the caller's global generator
         torch.manual_seed(seed)
         model = MixtralForCausalLM(config).to(torch.float32).eval()
     finally:
-        torch.random.set_rng_state(generator_state)
+        torch.random.set_rng_state(rng_state)
     model.generation_config = GenerationConfig(
         bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id, do_sample=False)
-
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
-    marker.write_text(json.dumps({"seed": seed, "kind": "tiny-mixtral-reasoner"}) + "\n")
+    marker = {"seed": seed, "format": FORMAT, "kind": "tiny-mixtral-reasoner"}
+    (directory / MARKER).write_text(json.dumps(marker) + "\n")
     logger.info("wrote tiny reasoner checkpoint (seed %d, %d params) to %s",
                 seed, sum(p.numel() for p in model.parameters()), directory)
-    return directory
