@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "MICROTURN_"
@@ -71,10 +71,44 @@ class ForegroundConfig(Section):
 
 
 class BackgroundConfig(Section):
+    """The background pool: reasoner, tools, and scaling on the `mt:jobs` backlog."""
+
     reasoner: Literal["vllm", "openai", "direct"] = "direct"
-    min_replicas: int = Field(1, ge=0)
+    openai_base_url: str = Field("", description="an OpenAI-compatible endpoint, e.g. http://llm:8000/v1")
+    openai_model: str = ""
+    openai_api_key_env: str = Field("OPENAI_API_KEY", description="env var holding the key, read in the replica")
+    openai_timeout_s: float = Field(30.0, gt=0)
+    # Extra keyword arguments of the reasoner, e.g. {"model_dir": "/models/x"} for vllm.
+    reasoner_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    search_provider: Literal["local", "searxng"] = "local"
+    searxng_url: str = ""
+    corpus_dir: Path | None = Field(None, description="documents the local search indexes; unset: the shipped corpus")
+    fetch_allow_hosts: list[str] = Field(default_factory=list, description="hosts fetch_url may reach")
+    fetch_allow_private: bool = False
+    concurrency: int = Field(4, gt=0, description="jobs one replica works on at once")
+    reclaim_idle_ms: int = Field(30_000, gt=0, description="a job unacked this long is taken over")
+    min_replicas: int = Field(1, ge=1, description="at least 1: replicas report the backlog, so 0 could never scale up")
     max_replicas: int = Field(2, gt=0)
     num_cpus: float = Field(0.25, gt=0)
+    jobs_per_replica: float = Field(4.0, gt=0, description="backlog (waiting + pending) one replica should carry")
+    max_wait_s: float = Field(2.0, gt=0, description="add a replica while the oldest job has waited longer")
+    upscale_delay_s: float = Field(2.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+    look_back_period_s: float = Field(4.0, gt=0)
+    metrics_interval_s: float = Field(1.0, gt=0, description="how often replicas push the backlog to Serve")
+    # Keep the pool on its own nodes, e.g. {"microturn.io/pool": "background"} (deploy/ labels them).
+    label_selector: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> BackgroundConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"background.max_replicas ({self.max_replicas}) is below min_replicas "
+                             f"({self.min_replicas})")
+        if self.reasoner == "openai" and not (self.openai_base_url and self.openai_model):
+            raise ValueError("the openai reasoner needs background.openai_base_url and background.openai_model")
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError("background.look_back_period_s must be longer than metrics_interval_s")
+        return self
 
 
 class MicroturnConfig(BaseSettings):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ray import serve
 
-from cluster.app import FOREGROUND_APP, build_foreground_app
+from cluster.app import BACKGROUND_APP, FOREGROUND_APP, build_background_app, build_foreground_app
 from cluster.config import MicroturnConfig
 from cluster.gateway import Gateway
 from cluster.ray_runtime import ray_for
@@ -43,6 +43,7 @@ class LocalCluster:
         self._stack = contextlib.AsyncExitStack()
         self.endpoints: Endpoints | None = None
         self.foreground = None  # DeploymentHandle
+        self.background = None  # DeploymentHandle of the pool (it pulls jobs; nobody routes to it)
 
     async def __aenter__(self) -> LocalCluster:
         try:
@@ -67,6 +68,12 @@ class LocalCluster:
         serve.start(proxy_location="Disabled")
         self.foreground = await asyncio.to_thread(
             serve.run, build_foreground_app(cfg, redis_url), name=FOREGROUND_APP, route_prefix=None
+        )
+        log.info("starting the background pool")
+        if not owns_ray:
+            self._stack.push_async_callback(asyncio.to_thread, serve.delete, BACKGROUND_APP)
+        self.background = await asyncio.to_thread(
+            serve.run, build_background_app(cfg, redis_url), name=BACKGROUND_APP, route_prefix=None
         )
         replica = await self.foreground.describe.remote()
         gateway = Gateway(cfg.serve.host, cfg.serve.grpc_port, self.foreground, redis_url)

@@ -1,9 +1,11 @@
 """The event bus contract: which Redis streams carry which protobuf messages, and how.
 
 - `mt:session:<id>:events`: `Event` envelopes for one session (bounded length); an entry's
-  field `e` holds the serialized Event. Publishing is idempotent on `Event.event_id`: a
-  `SET NX` marker (`mt:event:<session>:<event_id>`, with a TTL) makes a retried publish a no-op,
-  so a session sees each result once however often a worker retried.
+  field `e` holds the serialized Event. Publishing is idempotent on `Event.event_id`: one Lua
+  script (atomic in Redis) checks a marker (`mt:event:<session>:<event_id>`, with a TTL),
+  appends, and records the entry id in the marker, so a retried publish is a no-op and a
+  worker that dies mid-publish leaves either nothing or the whole event: a session sees each
+  result exactly once however often a worker retried.
 - `mt:jobs`: `Job` messages (field `j`) for the background pool's consumer group `pool`.
 
 Foreground, background and the cluster's EventBus gRPC service all use this module; it is
@@ -25,6 +27,16 @@ JOBS_GROUP = "pool"
 JOBS_MAXLEN = 100_000
 
 
+# KEYS: marker, stream. ARGV: maxlen, payload, ttl. Returns {entry id, 1 if duplicate}.
+_PUBLISH_ONCE = """
+local seen = redis.call('GET', KEYS[1])
+if seen then return {seen, 1} end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
+redis.call('SET', KEYS[1], id, 'EX', ARGV[3])
+return {id, 0}
+"""
+
+
 def events_stream(session_id: str) -> str:
     return f"mt:session:{session_id}:events"
 
@@ -34,6 +46,7 @@ class EventBus:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.redis = client
+        self._publish_once = client.register_script(_PUBLISH_ONCE)
 
     @classmethod
     def from_url(cls, url: str) -> EventBus:
@@ -48,13 +61,10 @@ class EventBus:
         if not event.session_id or not event.event_id:
             raise ValueError("an event needs session_id and event_id")
         marker = f"mt:event:{event.session_id}:{event.event_id}"
-        if not await self.redis.set(marker, "pending", nx=True, ex=IDEMPOTENCY_TTL_S):
-            return (await self.redis.get(marker) or b"").decode(), True
-        entry_id = await self.redis.xadd(events_stream(event.session_id), {"e": event.SerializeToString()},
-                                         maxlen=EVENTS_MAXLEN, approximate=True)
-        entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        await self.redis.set(marker, entry_id, ex=IDEMPOTENCY_TTL_S)
-        return entry_id, False
+        entry_id, duplicate = await self._publish_once(
+            keys=[marker, events_stream(event.session_id)],
+            args=[EVENTS_MAXLEN, event.SerializeToString(), IDEMPOTENCY_TTL_S])
+        return (entry_id.decode() if isinstance(entry_id, bytes) else entry_id), bool(duplicate)
 
     async def read(self, streams: dict[str, str], block_ms: int = 100,
                    count: int = 100) -> list[tuple[str, str, events_pb2.Event]]:

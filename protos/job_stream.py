@@ -7,7 +7,11 @@ it through the consumer group `pool`. A job stays in the group's pending list un
 
 Written for Redis 6.2 (the embedded server) as well as 7: on 6.2 XAUTOCLAIM answers with two
 fields and XINFO GROUPS has no `lag`, so `backlog` counts the entries after the group's
-last-delivered id itself (with a cap, so a huge backlog costs one bounded XRANGE).
+last-delivered id itself, in a server-side script with a cap (a huge backlog costs one
+bounded XRANGE inside Redis and no payload on the wire).
+
+A live worker on a long job `touch`es its entries so they never look abandoned, and a job's
+plan is pinned (`pin_plan`) so that a retry makes the same calls as the first attempt.
 """
 
 from __future__ import annotations
@@ -25,7 +29,38 @@ from protos.microturn.v1 import events_pb2
 log = logging.getLogger(__name__)
 
 JOB_FIELD = b"j"
-BACKLOG_COUNT_CAP = 10_000  # `waiting` saturates here: enough to decide any scaling
+BACKLOG_COUNT_CAP = 1_000  # `waiting` saturates here: far more than any scaling decision needs
+PLAN_TTL_S = 24 * 3600
+
+# Redis 6.2 has no XINFO GROUPS `lag`: count what follows the group's last-delivered id.
+_BACKLOG_SCRIPT = """
+local now = redis.call('TIME')
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, false, now[1], now[2]} end
+local last, pending = '0-0', 0
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local fields = {}
+  for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
+  if fields['name'] == ARGV[1] then last, pending = fields['last-delivered-id'], fields['pending'] end
+end
+local waiting = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', ARGV[2])
+local oldest = false
+if #waiting > 0 then oldest = waiting[1][1] end
+return {#waiting, pending, oldest, now[1], now[2]}
+"""
+
+# Reset the idle time of entries this consumer still owns (XCLAIM JUSTID to itself), and only
+# those: a plain XCLAIM would take back a job another worker has already reclaimed.
+_TOUCH_SCRIPT = """
+local n = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    n = n + 1
+  end
+end
+return n
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,31 +149,48 @@ class JobStream:
         entries = reply[1] if reply and len(reply) > 1 else []
         return await self._decode(entries)
 
+    async def delivery_counts(self, entry_ids: list[str]) -> dict[str, int]:
+        """How many times each pending entry has been delivered (XAUTOCLAIM does not say)."""
+        counts = {}
+        for entry_id in entry_ids:
+            pending = await self.redis.xpending_range(self.stream, self.group, entry_id, entry_id, 1)
+            if pending:
+                counts[entry_id] = int(pending[0]["times_delivered"])
+        return counts
+
     async def ack(self, entry_id: str) -> int:
         """Acknowledge a finished job; returns 1 if it was pending, 0 if someone acked it already."""
         return int(await self.redis.xack(self.stream, self.group, entry_id))
 
+    async def touch(self, consumer: str, entry_ids: list[str]) -> int:
+        """Keep a long job from looking abandoned: reset the idle time of the entries that
+        `consumer` still owns. Returns how many it still owns."""
+        if not entry_ids:
+            return 0
+        return int(await self.redis.eval(_TOUCH_SCRIPT, 1, self.stream, self.group, consumer, *entry_ids))
+
+    async def pin_plan(self, job_id: str, plan: str) -> str:
+        """Record a job's plan the first time it is made and return the first one recorded.
+        A worker that retries a crashed job then makes the same calls under the same event
+        ids, even if its reasoner would now plan differently."""
+        key = f"mt:job:{job_id}:plan"
+        if await self.redis.set(key, plan, nx=True, ex=PLAN_TTL_S):
+            return plan
+        pinned = await self.redis.get(key)
+        return _text(pinned) if pinned is not None else plan
+
     async def backlog(self, cap: int = BACKLOG_COUNT_CAP) -> QueueBacklog:
-        """What the autoscaler scales on. `waiting` counts entries after the group's
-        last-delivered id (at most `cap`); `oldest_wait_s` is measured on the server's clock."""
-        try:
-            groups = await self.redis.xinfo_groups(self.stream)
-        except ResponseError as e:  # no such stream yet: nothing was ever submitted
-            if "no such key" in str(e).lower():
-                return QueueBacklog(0, 0, 0.0)
-            raise
-        info = next((g for g in groups if _text(g["name"]) == self.group), None)
-        last_delivered = _text(info["last-delivered-id"]) if info else "0-0"
-        pending = int(info["pending"]) if info else 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xrange(self.stream, min=f"({last_delivered}", max="+", count=cap)
-            pipe.time()
-            entries, (seconds, micros) = await pipe.execute()
+        """What the autoscaler scales on, in one round trip and one consistent snapshot.
+        `waiting` counts entries after the group's last-delivered id (at most `cap`),
+        server-side so no job payload crosses the network; `oldest_wait_s` is measured on the
+        server's clock, so a replica's clock skew does not matter."""
+        waiting, pending, oldest_id, seconds, micros = await self.redis.eval(
+            _BACKLOG_SCRIPT, 1, self.stream, self.group, cap)
         oldest_wait_s = 0.0
-        if entries:
-            now_ms = seconds * 1000 + micros // 1000
-            oldest_wait_s = max(0.0, (now_ms - entry_time_ms(_text(entries[0][0]))) / 1000)
-        return QueueBacklog(waiting=len(entries), pending=pending, oldest_wait_s=oldest_wait_s)
+        if oldest_id:
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            oldest_wait_s = max(0.0, (now_ms - entry_time_ms(_text(oldest_id))) / 1000)
+        return QueueBacklog(waiting=int(waiting), pending=int(pending), oldest_wait_s=oldest_wait_s)
 
     async def _decode(self, entries: list) -> list[tuple[str, events_pb2.Job]]:
         """Parse entries; an entry that is gone (trimmed) or unreadable is acked and logged:
@@ -149,7 +201,10 @@ class JobStream:
             try:
                 if not fields or JOB_FIELD not in fields:
                     raise ValueError("entry has no job field (trimmed or foreign)")
-                out.append((entry_id, events_pb2.Job.FromString(fields[JOB_FIELD])))
+                job = events_pb2.Job.FromString(fields[JOB_FIELD])
+                if not job.session_id or not job.job_id:
+                    raise ValueError("job has no session_id or job_id")
+                out.append((entry_id, job))
             except Exception as e:
                 log.error("dropping unreadable job entry %s on %s: %s", entry_id, self.stream, e)
                 await self.ack(entry_id)

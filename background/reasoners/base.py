@@ -27,6 +27,9 @@ class PlannedCall:
 
 @runtime_checkable
 class Reasoner(Protocol):
+    """A reasoner may also have `async start()` (the pool awaits it before claiming jobs, so a
+    model loads before the first job, not during it) and `async close()` (awaited at drain)."""
+
     async def plan(self, job: events_pb2.Job, tools: list[dict[str, Any]]) -> list[PlannedCall]:
         """The calls to make for `job`, in order; an empty list means no tool is needed."""
         ...

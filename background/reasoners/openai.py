@@ -71,14 +71,16 @@ def chat_messages(job: events_pb2.Job, system_prompt: str) -> list[dict[str, str
 
 class OpenAIReasoner:
     def __init__(self, base_url: str, model: str, api_key: str = "", timeout_s: float = 30.0,
-                 system_prompt: str = SYSTEM_PROMPT, temperature: float | None = 0.0) -> None:
+                 system_prompt: str = SYSTEM_PROMPT, temperature: float | None = 0.0,
+                 use_httpx: bool | None = None) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"openai reasoner: base_url must be an http(s) URL, got {base_url!r}")
         base = base_url.rstrip("/")
         self.url = f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
         self.model, self.api_key, self.timeout_s = model, api_key, timeout_s
         self.system_prompt, self.temperature = system_prompt, temperature
-        self._client = httpx.AsyncClient(timeout=timeout_s) if httpx else None
+        use_httpx = httpx is not None if use_httpx is None else use_httpx
+        self._client = httpx.AsyncClient(timeout=timeout_s) if use_httpx else None
 
     async def close(self) -> None:
         if self._client is not None:
