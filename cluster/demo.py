@@ -2,8 +2,8 @@
 
 The conversation exercises what a full-duplex model has to get right: a sentence with a
 mid-turn pause (the model should wait), a turn end (it should answer), a barge-in while it
-speaks (it should stop at once) and a tool request (the background pool answers it; until
-the pool exists the demo counts 0 results). The user is espeak-ng speech streamed through the
+speaks (it should stop at once) and a tool request (the background pool runs a web search on
+its local index and the result comes back over the event bus; the summary counts results). The user is espeak-ng speech streamed through the
 gateway at real-time pace. With the seeded weights the model's "speech" is noise-like audio:
 what the demo shows is timing, not content.
 
