@@ -185,3 +185,29 @@ def test_a_dropped_stream_resumes_without_gaps_and_a_wrong_token_is_refused(clus
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     seqs = [m.seq for m in resumed]
     assert seqs[0] == last + 1 and seqs == list(range(last + 1, last + 1 + len(seqs)))
+
+
+def test_a_web_search_comes_back_woven_while_audio_keeps_flowing(cluster):
+    gateway = cluster[1].endpoints.gateway
+
+    async def main():
+        async with InteractionClient(gateway) as client:
+            async with client.session() as s:
+                streamer = asyncio.create_task(_stream(s, 15, 180))
+                await asyncio.sleep(0.3)
+                await s.request_tool("web_search", '{"query": "weather in Paris", "max_results": 2}')
+                got = await _receive_for(s, 3.5)
+                await streamer
+                await s.close()
+                got += await _drain(s)
+                return got
+
+    got = _run(cluster, main())
+    kinds = [m.WhichOneof("payload") for m in got]
+    assert "tool_call" in kinds and "tool_result" in kinds and "woven" in kinds
+    result = next(m.tool_result for m in got if m.WhichOneof("payload") == "tool_result")
+    assert result.tool == "web_search" and not result.error and "paris" in result.result_json.lower()
+    woven = next(m.woven for m in got if m.WhichOneof("payload") == "woven")
+    assert woven.job_id == result.job_id and woven.woven_unix_ns >= woven.published_unix_ns
+    ticks = [m.audio.audio_seq for m in got if m.WhichOneof("payload") == "audio"]
+    assert ticks == list(range(ticks[0], ticks[0] + len(ticks)))  # one audio chunk every tick, no gap
