@@ -21,6 +21,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("up", help="start everything locally (or join RAY_ADDRESS), print endpoints, run until stopped")
+    gateway = commands.add_parser("gateway", help="serve only the gateway, against RAY_ADDRESS and MICROTURN_REDIS_URL "
+                                                  "(a Kubernetes Deployment runs this)")
+    gateway.add_argument("--host", help="address to bind (default: serve.host)")
+    gateway.add_argument("--port", type=int, help="gRPC port (default: serve.grpc_port)")
+    gateway.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: none)")
+    gateway.add_argument("--wait-s", type=float, default=1800.0,
+                         help="how long to wait for the foreground app to appear before giving up")
     demo = commands.add_parser("demo", help="start, hold a scripted conversation, write runs/<stamp>/, stop")
     demo.add_argument("--runs", type=Path, default=Path("runs"), help="where run folders go")
 
@@ -48,9 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--via", choices=["direct", "gateway"], default="direct",
                       help="stream straight to the replica (default) or through the gateway")
     load.add_argument("--address", help="a running cluster's gateway (default: start one)")
-    for name, text in (("duplex", "Full-Duplex-Bench-style turn-taking on synthesised dialogues"),
-                       ("compare", "the same backbone: the tick engine side by side with vLLM")):
-        kinds.add_parser(name, help=text)
+    duplex = kinds.add_parser("duplex", help="Full-Duplex-Bench-style turn-taking on synthesised dialogues")
+    duplex.add_argument("--scenarios", type=int, default=8, help="dialogues, the four situations in turn")
+    duplex.add_argument("--seed", type=int, default=0, help="voices, rates, sentences and pauses")
+    duplex.add_argument("--policy", default="hybrid", choices=["model", "vad", "hybrid"])
+    duplex.add_argument("--address", help="a running cluster's gateway (default: start one)")
+    duplex.add_argument("--concurrency", type=int, default=4, help="sessions streamed at a time")
+    duplex.add_argument("--speech-source", default="energy", choices=["energy", "flags"],
+                        help="model speech for the metrics: output-audio energy (default) or AudioOut.speech")
+    duplex.add_argument("--runs", type=Path, default=Path("runs"), help="where runs/bench-<stamp>/ goes")
+    kinds.add_parser("compare", help="the same backbone: the tick engine side by side with vLLM")
     for sub in kinds.choices.values():
         sub.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -76,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         from cluster.up import run_up
 
         return asyncio.run(run_up(config))
+    if args.command == "gateway":
+        return _gateway(args, config)
     if args.command == "demo":
         from cluster.demo import new_run_dir, run_demo
 
@@ -104,9 +120,24 @@ def main(argv: list[str] | None = None) -> int:
                 update={"max_sessions": args.sessions})})
         result = asyncio.run(run_load(config, args.sessions, args.seconds, args.via, args.address))
         return _report(result, args.json)
+    if args.command == "bench" and args.kind == "duplex":
+        return _duplex(args, config)
     print(f"microturn {args.command} {getattr(args, 'kind', '')}: not available in this build yet",
           file=sys.stderr)
     return 2
+
+
+def _gateway(args: argparse.Namespace, config) -> int:
+    from cluster.gateway_command import check_gateway_config, run_gateway
+
+    try:
+        check_gateway_config(config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    host = args.host or config.serve.host
+    port = config.serve.grpc_port if args.port is None else args.port
+    return asyncio.run(run_gateway(config, host, port, args.metrics_port, args.wait_s))
 
 
 def _talk(args: argparse.Namespace, config) -> int:
@@ -128,6 +159,20 @@ def _talk(args: argparse.Namespace, config) -> int:
         return 1
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _duplex(args: argparse.Namespace, config) -> int:
+    from cluster.bench.duplex import run_duplex
+
+    if args.scenarios < 1 or args.concurrency < 1:
+        print("--scenarios and --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    if not args.address and config.foreground.max_sessions < args.concurrency:
+        config = config.model_copy(update={"foreground": config.foreground.model_copy(
+            update={"max_sessions": args.concurrency})})
+    result = asyncio.run(run_duplex(config, args.scenarios, args.seed, args.policy, args.address, args.runs,
+                                    args.concurrency, args.speech_source))
+    return _report(result, args.json)
 
 
 def _report(result: dict, as_json: bool) -> int:
