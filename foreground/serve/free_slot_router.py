@@ -4,8 +4,10 @@ Serve's default router picks the shorter of two random replicas' request queues;
 session holds no Serve request (it streams to the replica's own port), so queue length says
 nothing about room. Each replica reports its free slots (`record_routing_stats`, every
 second); this router ranks replicas by free slots minus the opens it has routed to them since
-their last report, so a burst of opens spreads out instead of piling onto stale numbers. Other
-calls (describe, health) keep plain FIFO order over all replicas.
+their last report, so a burst of opens spreads out instead of piling onto stale numbers. A
+retried open names the replicas that already declined it (`avoid=`), and they are skipped
+while others remain, so a retry never depends on reports catching up. Other calls (describe,
+health) keep plain FIFO order over all replicas.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class FreeSlotRouter(FIFOMixin, RequestRouter):
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         if pending_request is None or pending_request.metadata.call_method != OPEN_METHOD:
             return [candidate_replicas]
+        avoid = set(pending_request.kwargs.get("avoid") or ())
+        candidate_replicas = [r for r in candidate_replicas if r.replica_id.unique_id not in avoid] or candidate_replicas
         ranked = sorted(candidate_replicas, key=self._free_slots, reverse=True)
         with_room = [r for r in ranked if self._free_slots(r) > 0]
         if not with_room:  # the reports may be stale: any replica, and a full one declines
