@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.microturn-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test up protos venv clean
+.PHONY: run test up protos dashboards venv clean
 
 run: $(STAMP)
 	$(VENV)/bin/microturn demo
@@ -19,6 +19,10 @@ up: $(STAMP)
 
 protos: $(STAMP)
 	$(PY) -m protos.generate
+
+# Grafana JSON and the metric table in dashboards/ (tests fail when they are stale).
+dashboards: $(STAMP)
+	$(PY) -m cluster.dashboards
 
 venv: $(STAMP)
 

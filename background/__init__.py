@@ -6,6 +6,7 @@
 - `tools/`: the tools and their registry (`default_registry`).
 - `deployment`: `BackgroundPool`, the Serve deployment running a worker per replica.
 - `autoscaling`: `QueueLagPolicy`, Serve scaling on the queue's backlog.
+- `metrics`: the pool's Prometheus metrics (queue, jobs by tool, tool errors, reasoner latency).
 
 `background` never imports `foreground` or `cluster`; they meet on the bus and in `protos/`.
 """

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from ray import serve
 
 from background.autoscaling import QUEUE_OLDEST_WAIT_S, QUEUE_PENDING, QUEUE_WAITING
+from background.metrics import PoolMetrics
 from background.reasoners import build_reasoner
 from background.tools.config import ToolsConfig
 from background.tools.registry import default_registry
@@ -70,8 +71,10 @@ class BackgroundPool:
         self.jobs = JobStream(self.redis)
         self.reasoner = build_reasoner(settings.reasoner, **settings.reasoner_kwargs())
         self.tools = default_registry(settings.tools)
+        self.metrics = PoolMetrics(self.replica_id, settings.reasoner, self.tools.names())
         self.worker = JobWorker(self.jobs, EventBus(self.redis), self.reasoner, self.tools, self.consumer,
-                                reclaim_idle_ms=settings.reclaim_idle_ms, concurrency=settings.concurrency)
+                                reclaim_idle_ms=settings.reclaim_idle_ms, concurrency=settings.concurrency,
+                                metrics=self.metrics)
         start = getattr(self.reasoner, "start", None)
         if start is not None:  # e.g. a vLLM engine: ready before the first job, not during it
             await start()
@@ -81,8 +84,10 @@ class BackgroundPool:
                  settings.reasoner, ", ".join(self.tools.names()), settings.concurrency)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """The queue's backlog, for `QueueLagPolicy` (every replica sees the same queue)."""
+        """The queue's backlog, for `QueueLagPolicy` (every replica sees the same queue) and
+        for the queue gauges, so that dashboards show what scaling saw."""
         backlog = await self.jobs.backlog()
+        self.metrics.on_backlog(backlog)
         return {QUEUE_WAITING: float(backlog.waiting), QUEUE_PENDING: float(backlog.pending),
                 QUEUE_OLDEST_WAIT_S: backlog.oldest_wait_s}
 

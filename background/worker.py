@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from background.metrics import PoolMetrics
 from background.reasoners.base import PlannedCall, Reasoner, ReasonerError
 from protos.event_bus import EventBus
 from protos.job_stream import JobStream, job_age_s
@@ -80,13 +81,14 @@ class JobWorker:
     def __init__(self, jobs: JobStream, bus: EventBus, reasoner: Reasoner, tools: ToolRunner,
                  consumer: str, reclaim_idle_ms: int = DEFAULT_RECLAIM_IDLE_MS,
                  concurrency: int = 1, claim_block_ms: int = 1000,
-                 max_deliveries: int = DEFAULT_MAX_DELIVERIES) -> None:
+                 max_deliveries: int = DEFAULT_MAX_DELIVERIES, metrics: PoolMetrics | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.jobs, self.bus, self.reasoner, self.tools = jobs, bus, reasoner, tools
         self.consumer, self.reclaim_idle_ms = consumer, reclaim_idle_ms
         self.concurrency, self.claim_block_ms = concurrency, claim_block_ms
         self.max_deliveries = max_deliveries
+        self.metrics = metrics  # None: record nothing (tests that build a worker without Ray)
         self.stats = WorkerStats()
         self._in_flight: set[str] = set()
         self._stopping = asyncio.Event()
@@ -192,6 +194,7 @@ class JobWorker:
         """Plan, run, publish, acknowledge. Raises only when publishing fails (the job then
         stays pending for a retry)."""
         self._in_flight.add(entry_id)
+        started = time.perf_counter()
         try:
             log.debug("%s: job %s (session %s, epoch %d, %.2f s old)", self.consumer, job.job_id,
                       job.session_id, job.epoch, job_age_s(job))
@@ -201,6 +204,9 @@ class JobWorker:
                     await self._run_call(job, index, call)
             await self.jobs.ack(entry_id)
             self.stats.finished += 1
+            if self.metrics:
+                tool = job.requested_tool.tool or (calls[0].tool if calls else "")
+                self.metrics.on_job(tool, time.perf_counter() - started)
         except Exception:
             self.stats.publish_failures += 1
             log.exception("%s: job %s left pending for a retry", self.consumer, job.job_id)
@@ -220,16 +226,23 @@ class JobWorker:
     async def _plan(self, job: events_pb2.Job) -> list[PlannedCall] | None:
         """The job's calls (the pinned plan when this is a retry), or None after publishing an
         `Error` event for a reasoner that failed."""
+        started = time.perf_counter()
         try:
             calls = await self.reasoner.plan(job, self.tools.schemas())
         except Exception as e:
+            self._planned(started)
             self.stats.plan_errors += 1
             code = "UNAVAILABLE" if isinstance(e, ReasonerError) else "INTERNAL"
             log.warning("%s: reasoner failed on job %s: %s", self.consumer, job.job_id, e)
             await self._publish(job, event_id(job.job_id, "plan", "error"), error=events_pb2.Error(
                 code=code, message=f"the reasoner could not plan this job: {e}", field="reasoner"))
             return None
+        self._planned(started)
         return decode_plan(await self.jobs.pin_plan(job.job_id, encode_plan(calls)))
+
+    def _planned(self, started: float) -> None:
+        if self.metrics:
+            self.metrics.on_plan(time.perf_counter() - started)
 
     async def _run_call(self, job: events_pb2.Job, index: int, call: PlannedCall) -> None:
         call_id = f"{job.job_id}:{index}"
@@ -238,6 +251,8 @@ class JobWorker:
         outcome = await self.tools.call(call.tool, call.arguments_json)
         if outcome.error:
             self.stats.tool_errors += 1
+            if self.metrics:
+                self.metrics.on_tool_error(call.tool)
         result_json = json.dumps(outcome.result) if outcome.result is not None else ""
         await self._publish(job, event_id(job.job_id, index, "result"), tool_result=events_pb2.ToolResult(
             job_id=job.job_id, call_id=call_id, tool=call.tool, result_json=result_json,

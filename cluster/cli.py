@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(a Kubernetes Deployment runs this)")
     gateway.add_argument("--host", help="address to bind (default: serve.host)")
     gateway.add_argument("--port", type=int, help="gRPC port (default: serve.grpc_port)")
-    gateway.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: none)")
+    gateway.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default: serve.metrics_port; "
+                                                          "0 or unset: none)")
     gateway.add_argument("--wait-s", type=float, default=1800.0,
                          help="how long to wait for the foreground app to appear before giving up")
     demo = commands.add_parser("demo", help="start, hold a scripted conversation, write runs/<stamp>/, stop")
@@ -64,7 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     duplex.add_argument("--speech-source", default="energy", choices=["energy", "flags"],
                         help="model speech for the metrics: output-audio energy (default) or AudioOut.speech")
     duplex.add_argument("--runs", type=Path, default=Path("runs"), help="where runs/bench-<stamp>/ goes")
-    kinds.add_parser("compare", help="the same backbone: the tick engine side by side with vLLM")
+    compare = kinds.add_parser("compare", help="the same backbone: the tick engine side by side with vLLM")
+    compare.add_argument("--sessions", default="1,8,32", help="comma-separated session counts")
+    compare.add_argument("--ticks", type=int, default=30, help="timed ticks per side and session count")
+    compare.add_argument("--warmup", type=int, default=5, help="untimed ticks first")
+    compare.add_argument("--preset", default="tiny")
+    compare.add_argument("--checkpoint", type=Path, help="a checkpoint folder (default: the seeded one)")
+    compare.add_argument("--vllm-compile", action="store_true", help="vLLM with torch.compile (default: eager)")
+    compare.add_argument("--microturn-threads", type=int, default=1,
+                         help="torch threads for the tick engine (default 1: vLLM computes on one core)")
     for sub in kinds.choices.values():
         sub.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -74,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("dir", type=Path)
     init.add_argument("--preset", default="tiny")
     init.add_argument("--seed", type=int, default=0)
+
+    train = commands.add_parser("train", help="train what trains on CPU: turns")
+    parts = train.add_subparsers(dest="part", required=True, metavar="PART")
+    turns = parts.add_parser("turns", help="the end-of-turn detector, on synthesised dialogues")
+    turns.add_argument("--minutes", type=float, default=2.0,
+                       help="work budget: data and steps sized for about this long on 2 cores (default 2)")
+    turns.add_argument("--out", type=Path, default=Path("runs/turns"), help="checkpoint folder to write")
+    turns.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -102,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "talk":
         return _talk(args, config)
+    if args.command == "train":
+        from cluster.training.turn_trainer import TrainTurnsConfig, train_turns
+
+        if args.minutes <= 0:
+            print("--minutes: must be more than 0", file=sys.stderr)
+            return 2
+        result = train_turns(args.out, TrainTurnsConfig(minutes=args.minutes, seed=args.seed))
+        print(json.dumps({"checkpoint": str(result.checkpoint), **result.report}, indent=2))
+        return 0
     if args.command == "checkpoint":
         from foreground.model.checkpoint import write_seeded_checkpoint
 
@@ -122,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report(result, args.json)
     if args.command == "bench" and args.kind == "duplex":
         return _duplex(args, config)
+    if args.command == "bench" and args.kind == "compare":
+        return _compare(args)
     print(f"microturn {args.command} {getattr(args, 'kind', '')}: not available in this build yet",
           file=sys.stderr)
     return 2
@@ -137,7 +165,8 @@ def _gateway(args: argparse.Namespace, config) -> int:
         return 2
     host = args.host or config.serve.host
     port = config.serve.grpc_port if args.port is None else args.port
-    return asyncio.run(run_gateway(config, host, port, args.metrics_port, args.wait_s))
+    metrics_port = (config.serve.metrics_port or 0) if args.metrics_port is None else args.metrics_port
+    return asyncio.run(run_gateway(config, host, port, metrics_port, args.wait_s))
 
 
 def _talk(args: argparse.Namespace, config) -> int:
@@ -172,6 +201,23 @@ def _duplex(args: argparse.Namespace, config) -> int:
             update={"max_sessions": args.concurrency})})
     result = asyncio.run(run_duplex(config, args.scenarios, args.seed, args.policy, args.address, args.runs,
                                     args.concurrency, args.speech_source))
+    return _report(result, args.json)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from cluster.bench.compare import run_compare
+
+    try:
+        sessions = [int(s) for s in args.sessions.split(",") if s.strip()]
+        if not sessions or min(sessions) < 1 or args.ticks < 1 or args.warmup < 0 or args.microturn_threads < 1:
+            raise ValueError
+    except ValueError:
+        print("--sessions: comma-separated counts >= 1 (e.g. 1,8,32); --ticks, --microturn-threads >= 1; "
+              "--warmup >= 0",
+              file=sys.stderr)
+        return 2
+    result = run_compare(sessions, args.ticks, args.preset, args.checkpoint, args.warmup,
+                         vllm_compile=args.vllm_compile, microturn_threads=args.microturn_threads)
     return _report(result, args.json)
 
 

@@ -47,6 +47,8 @@ class RayConfig(Section):
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     grpc_port: int = Field(50151, ge=0, le=65535, description="the gateway's port (0: any free)")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="the gateway's Prometheus /metrics port (0: any free; unset: none)")
 
 
 class ForegroundConfig(Section):

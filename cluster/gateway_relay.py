@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 
+from cluster.gateway_metrics import gateway_metrics
 from foreground.serve.session_directory import SessionDirectory
 from protos.microturn.v1 import interaction_pb2 as pb, interaction_pb2_grpc
 
@@ -29,6 +31,7 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
         self.foreground = foreground  # the foreground app's DeploymentHandle
         self.directory = directory
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.metrics = gateway_metrics()
 
     async def close(self) -> None:
         for channel in self._channels.values():
@@ -55,19 +58,28 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
             opening.session_id, opening.token, address = opened.session_id, opened.token, opened.replica
         stub = interaction_pb2_grpc.InteractionStub(self._channel(address))
         call = stub.Converse(_forward(pb.ClientMessage(open=opening), requests))
+        self.metrics.relayed_streams.inc()
         try:
             async for message in call:
                 yield message
         except grpc.aio.AioRpcError as e:
             if e.code() != grpc.StatusCode.CANCELLED:
                 await context.abort(e.code(), e.details() or "replica stream failed")
+        finally:
+            self.metrics.relayed_streams.dec()
 
     async def _route_open(self, request: pb.SessionOpen, context) -> pb.SessionOpened:
+        started = time.perf_counter()
+        declined: list[str] = []
         for attempt in range(OPEN_ATTEMPTS):
-            reply = await self.foreground.open_session.remote(request.SerializeToString())
+            reply, replica_id = await self.foreground.open_session.remote(request.SerializeToString(),
+                                                                         avoid=tuple(declined))
             if reply:
+                self.metrics.open_duration.observe(time.perf_counter() - started)
                 return pb.SessionOpened.FromString(reply)
-            await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))  # let free-slot reports refresh
+            declined.append(replica_id)  # the router skips it while others remain
+            await asyncio.sleep(RETRY_BACKOFF_S * attempt)  # all declined once: let slots free up
+        self.metrics.refused_sessions.inc()
         context.set_trailing_metadata((("retry-after-ms", RETRY_AFTER_MS),))
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "every foreground slot is taken; retry later")
 

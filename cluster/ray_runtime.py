@@ -34,6 +34,15 @@ def start_ray(config: RayConfig) -> None:
     )
 
 
+def ray_metrics_urls() -> list[str]:
+    """Where Prometheus scrapes Ray on each live node: the node's metrics agent, which serves
+    Ray's own metrics and every `ray.util.metrics` value of the node's workers (names prefixed
+    `ray_`). The port is `ray.init(_metrics_export_port=...)` / `ray start --metrics-export-port`,
+    random unless set (KubeRay sets 8080)."""
+    return [f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+            for node in ray.nodes() if node.get("Alive") and node.get("MetricsExportPort")]
+
+
 @contextlib.contextmanager
 def ray_for(config: RayConfig) -> Iterator[bool]:
     """Ray for the block's duration; yields True when this block owns (started) the Ray.

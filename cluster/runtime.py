@@ -16,7 +16,8 @@ from ray import serve
 from cluster.app import BACKGROUND_APP, FOREGROUND_APP, build_background_app, build_foreground_app
 from cluster.config import MicroturnConfig
 from cluster.gateway import Gateway
-from cluster.ray_runtime import ray_for
+from cluster.gateway_metrics import serve_metrics
+from cluster.ray_runtime import ray_for, ray_metrics_urls
 from cluster.redis_server import redis_for
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,16 @@ class Endpoints:
     gateway: str
     redis_url: str
     replicas: list[dict] = field(default_factory=list)
+    gateway_metrics: str | None = None  # the gateway's /metrics URL (serve.metrics_port)
+    ray_metrics: list[str] = field(default_factory=list)  # each Ray node's metrics agent
 
     def lines(self) -> list[str]:
         out = [f"gateway (gRPC: Interaction, health, reflection): {self.gateway}",
                f"redis: {self.redis_url}"]
         out += [f"foreground replica: {r['address']} ({r['max_sessions']} slots)" for r in self.replicas]
+        if self.gateway_metrics:
+            out.append(f"gateway metrics (Prometheus): {self.gateway_metrics}")
+        out += [f"Ray metrics (Prometheus, names prefixed ray_): {url}" for url in self.ray_metrics]
         return out
 
 
@@ -79,4 +85,11 @@ class LocalCluster:
         gateway = Gateway(cfg.serve.host, cfg.serve.grpc_port, self.foreground, redis_url)
         await gateway.start()
         self._stack.push_async_callback(gateway.stop)
-        self.endpoints = Endpoints(gateway=gateway.address, redis_url=redis_url, replicas=[replica])
+        metrics_url = None
+        if cfg.serve.metrics_port is not None:
+            server = serve_metrics(cfg.serve.host, cfg.serve.metrics_port)
+            self._stack.callback(server.server_close)
+            self._stack.callback(server.shutdown)
+            metrics_url = f"http://{cfg.serve.host}:{server.server_port}/metrics"
+        self.endpoints = Endpoints(gateway=gateway.address, redis_url=redis_url, replicas=[replica],
+                                   gateway_metrics=metrics_url, ray_metrics=ray_metrics_urls())

@@ -96,14 +96,28 @@ def synthesize(text: str, voice: str = "en-us", rate_wpm: int = 170,
 
 @functools.lru_cache(maxsize=128)
 def _synthesize_cached(text: str, voice: str, rate_wpm: int, sample_rate: int) -> np.ndarray:
+    pcm, native_rate = synthesize_native(text, voice, rate_wpm)
+    return resample(pcm, native_rate, sample_rate)
+
+
+def seed_espeak_random(seed: int) -> None:
+    """Seed espeak-ng's noise generator (breathy voices draw from it; by default it is seeded
+    from the clock, so they differ from run to run)."""
+    global _engine
+    with _lock:
+        if _engine is None:
+            _engine = _Espeak()
+        _engine.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
+
+
+def synthesize_native(text: str, voice: str = "en-us", rate_wpm: int = 170) -> tuple[np.ndarray, int]:
+    """espeak-ng's own output (float32) and its rate, uncached, for callers that resample."""
     global _engine
     with _lock:
         if _engine is None:
             _engine = _Espeak()
             log.info("espeak-ng loaded (native rate %d Hz)", _engine.sample_rate)
-        pcm = _engine.speak(text, voice, rate_wpm)
-        native_rate = _engine.sample_rate
-    return resample(pcm, native_rate, sample_rate)
+        return _engine.speak(text, voice, rate_wpm), _engine.sample_rate
 
 
 def resample(x: np.ndarray, rate_in: int, rate_out: int, half_width: int = 16) -> np.ndarray:

@@ -27,12 +27,14 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 from foreground.engine.percentiles import percentile
+from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_scheduler import TickScheduler
 from foreground.engine.turn_policy import TurnPolicyConfig
 from foreground.model.checkpoint import ensure_seeded_checkpoint, load_checkpoint
 from foreground.serve.free_slot_router import FreeSlotRouter
 from foreground.serve.interaction_service import ReplicaInteractionService
 from foreground.serve.job_sink import RedisJobSink
+from foreground.serve.metrics import ForegroundMetrics
 from foreground.serve.result_follower import ResultFollower
 from foreground.serve.session_directory import SessionDirectory
 from foreground.serve.session_host import HostSettings, SessionHost
@@ -78,8 +80,10 @@ class ForegroundReplica:
         model = load_checkpoint(settings.checkpoint or ensure_seeded_checkpoint(settings.preset))
         self.bus = EventBus.from_url(settings.redis_url) if settings.redis_url else None
         jobs = RedisJobSink(JobStream(self.bus.redis), asyncio.get_running_loop()) if self.bus else None
-        engine = TickScheduler(model, settings.max_sessions, TurnPolicyConfig(policy=settings.turn_policy),
-                               jobs=jobs, invariant_kernels=settings.invariant_kernels)
+        # A checkpoint with a trained end-of-turn detector (the seeded default ships one) says so.
+        turn = TurnPolicyConfig(policy=settings.turn_policy, head_calibrated=model.cfg.turn_head_calibrated)
+        engine = TickScheduler(model, settings.max_sessions, turn, jobs=jobs,
+                               invariant_kernels=settings.invariant_kernels)
         self.server = grpc.aio.server()
         port = self.server.add_insecure_port(f"{host}:0")
         self.address = f"{ray.util.get_node_ip_address()}:{port}"
@@ -87,7 +91,8 @@ class ForegroundReplica:
         self.directory = SessionDirectory.from_url(settings.redis_url) if settings.redis_url else None
         self.host = SessionHost(engine, HostSettings(
             replica_id=self.replica_id, address=self.address, tick_ms=settings.tick_ms,
-            idle_timeout_s=settings.idle_timeout_s, resume_grace_s=settings.resume_grace_s), self.directory)
+            idle_timeout_s=settings.idle_timeout_s, resume_grace_s=settings.resume_grace_s), self.directory,
+            ForegroundMetrics(self.replica_id, settings.tick_ms))
         interaction_pb2_grpc.add_InteractionServicer_to_server(ReplicaInteractionService(self.host), self.server)
         self.health = add_standard_services(self.server, [INTERACTION])
         follower = ResultFollower(self.bus, lambda: list(self.host.sessions), self.host.on_event) if self.bus else None
@@ -97,16 +102,15 @@ class ForegroundReplica:
         log.info("foreground replica %s: %d slots, sessions on %s", self.replica_id, settings.max_sessions,
                  self.address)
 
-    async def open_session(self, request: bytes) -> bytes:
-        """The routed open: reserve a slot here. Returns a serialized `SessionOpened`, or an
-        empty reply when this replica is full (the caller tries another)."""
-        from foreground.engine.session_slots import SessionsFull
-
+    async def open_session(self, request: bytes, avoid: tuple[str, ...] = ()) -> tuple[bytes, str]:
+        """The routed open: reserve a slot here. Returns (serialized `SessionOpened`, this
+        replica's id), or (b"", id) when this replica is full: the caller retries with this
+        id in `avoid`, which `FreeSlotRouter` reads."""
         try:
             session, resumed = await self.host.open(interaction_pb2.SessionOpen.FromString(request))
         except SessionsFull:
-            return b""
-        return self.host.opened_message(session, resumed).SerializeToString()
+            return b"", self.replica_id
+        return self.host.opened_message(session, resumed).SerializeToString(), self.replica_id
 
     def describe(self) -> dict:
         stats = self.host.ticker.stats

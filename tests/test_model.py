@@ -86,9 +86,10 @@ def test_missing_files_are_named(tmp_path):
 
 
 def _copy_with(src, dst, tensors):
+    """A copy of the checkpoint `src` whose `model.safetensors` holds `tensors`."""
     save_file(tensors, str(dst / "model.safetensors"))
-    for name in ("config.json", "microturn.json"):
-        (dst / name).write_text((src / name).read_text())
+    for name in ("config.json", "microturn.json", "interaction.safetensors"):
+        (dst / name).write_bytes((src / name).read_bytes())
 
 
 def test_presets_keep_head_dim_for_vllm():

@@ -31,6 +31,7 @@ from foreground.kernels.matmul import use_invariant_kernels
 from foreground.model.audio_features import DMelFeaturizer, Resampler24kTo16k
 from foreground.model.config import PAD_ID
 from foreground.model.interaction_model import InteractionModel
+from foreground.model.pitch_salience import PitchSalience
 from foreground.model.runner import NOISE_PAGES, ModelRunner, TickInputs, TickOutputs
 from foreground.model.vision import decode_frame
 from foreground.model.vocoder import ChannelVocoder
@@ -108,14 +109,16 @@ class TickScheduler:
         self.inputs = TickInputs.allocate(cfg, max_slots)
         self.outputs = TickOutputs.allocate(cfg, max_slots)
         self.featurizer = DMelFeaturizer(cfg.audio, max_slots)
+        self.pitch = PitchSalience(cfg.audio, cfg.turn_detector, max_slots * cfg.audio.frames_per_tick)
         self.resampler = Resampler24kTo16k(max_slots)
         self.vad = BatchedSileroVad(max_slots)
         self.vocoder = ChannelVocoder(cfg.audio, max_slots)
         self.queue = ChunkQueue(max_slots)
         self.buffers = _StreamBuffers(cfg, max_slots)
+        self.buffers.user_log_mel = self.inputs.user_log_mel  # one tensor: dMel and the turn detector read it
         self.slots = SessionSlots(max_slots, [
             self.cache, _TensorsOf(self.inputs), self.featurizer, self.resampler, self.vad,
-            self.vocoder, self.queue, self.buffers,
+            self.vocoder, self.queue, self.buffers, self.runner.turn_detector,
         ])
         self.turn_config = turn
         self.policy = TurnPolicy(turn)
@@ -270,6 +273,8 @@ class TickScheduler:
             self.resampler.resample(buf.pcm24k[:b], out=buf.resampled[:b])
             torch.where(buf.is24k[:b], buf.resampled[:b], buf.pcm16k[:b], out=buf.pcm16k[:b])
         self.featurizer.featurize(buf.pcm16k[:b], buf.user_log_mel[:b], self.inputs.user_bins[:b])
+        self.pitch.compute(self.featurizer.power_rows(), b * self.cfg.audio.frames_per_tick,
+                           out=self.inputs.user_pitch[:b])
         self.featurizer.quantize(buf.prev_out_mel[:b], self.inputs.self_bins[:b])
         self.vad.speech_prob(buf.pcm16k[:b], out=buf.vad_probs[:b])
 
@@ -278,7 +283,9 @@ class TickScheduler:
         vad = self.buffers.vad_probs[:b].tolist()
         turn = self.outputs.turn_logits[:b].tolist()
         delegate = self.outputs.delegate_logit[:b, 0].tolist()
-        return [r.extra["policy"].decide(r.extra["turn"], self.tick_count, vad[i], turn[i], delegate[i])
+        detector = self.outputs.turn_detector_logits[:b].tolist()
+        return [r.extra["policy"].decide(r.extra["turn"], self.tick_count, vad[i], turn[i], delegate[i],
+                                         detector_logits=detector[i])
                 for i, r in enumerate(records)]
 
     def _voice(self, b: int, decisions) -> None:

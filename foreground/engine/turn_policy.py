@@ -7,6 +7,13 @@
   the user starts and never starts over the user); the turn head decides when to take a free
   floor, falling back to the silence threshold while the head is uncalibrated (seeded weights).
 
+With a calibrated checkpoint (`head_calibrated`: its end-of-turn detector was trained, see
+`foreground.model.turn_detector`), "the head" is the detector: its SPEECH logit > 0 says the user
+speaks, its END logit > 0 (the threshold is folded into its bias) that a silence is a turn end.
+`model` then takes the floor on a turn end and stops on user speech (barge-in), with no VAD at
+all; `hybrid` takes a free floor on a turn end and keeps the VAD guard. The seeded backbone cannot end its own turn, so
+`max_turn_ticks` caps the model's turns under every policy then.
+
 Causes: "head", "vad", "threshold", "length" (a turn reached `max_turn_ticks`).
 """
 
@@ -21,6 +28,7 @@ from typing import Literal
 log = logging.getLogger(__name__)
 
 LISTEN, SPEAK, BACKCHANNEL = 0, 1, 2  # turn head classes
+DETECTOR_SPEECH, DETECTOR_END = 0, 1  # turn detector logits (foreground.model.turn_detector)
 VAD_WINDOW_MS = 32.0
 
 
@@ -48,6 +56,9 @@ class TurnPolicyConfig:
     head_calibrated: bool = False
     vad_threshold: float = 0.5
     silence_threshold_ms: float = 600.0
+    # hybrid with a calibrated detector: the floor is free once the VAD's last windows are
+    # silent (the tick that holds a turn's last syllable is not "the user speaks now")
+    vad_trailing_silence_ms: float = 64.0
     max_turn_ticks: int = 25  # a seeded model never ends a turn by itself: cap it at 5 s
     delegate_threshold: float = 0.9
     delegate_cooldown_ticks: int = 25
@@ -80,8 +91,41 @@ class TurnPolicy:
         self.config = config
 
     def decide(self, state: TurnState, tick: int, vad_probs: list[float], turn_logits: list[float],
-               delegate_logit: float) -> TickDecision:
+               delegate_logit: float, detector_logits: list[float] | None = None) -> TickDecision:
         cfg, events = self.config, []
+        if cfg.head_calibrated and detector_logits is not None and cfg.policy != "vad":
+            self._floor_by_detector(state, tick, vad_probs, detector_logits, events)
+        else:
+            self._floor_by_head(state, tick, vad_probs, turn_logits, events)
+        delegate = self._delegate(state, delegate_logit)
+        if delegate:
+            events.append(TurnEvent(TurnEventKind.DELEGATED, "head", state.epoch))
+        return TickDecision(speak=state.model_speaking, delegate=delegate, events=events)
+
+    def _floor_by_detector(self, state: TurnState, tick: int, vad_probs: list[float],
+                           detector_logits: list[float], events: list[TurnEvent]) -> None:
+        cfg = self.config
+        speech = detector_logits[DETECTOR_SPEECH] > 0.0
+        turn_ended = not speech and detector_logits[DETECTOR_END] > 0.0
+        if cfg.policy == "model":
+            user_active = self._track_user_by_detector(state, speech, events)
+            cause, user_now = "head", user_active
+        else:
+            user_active = self._track_user(state, vad_probs, events)
+            cause, user_now = "vad", state.silence_ms < cfg.vad_trailing_silence_ms
+        if state.model_speaking:
+            state.turn_ticks += 1
+            if user_active:
+                self._stop(state, tick, TurnEventKind.INTERRUPTED, cause, events)
+                state.epoch += 1
+            elif state.turn_ticks >= cfg.max_turn_ticks:
+                self._stop(state, tick, TurnEventKind.YIELDED, "length", events)
+        elif turn_ended and state.user_spoke and not user_now:
+            self._start(state, tick, "head", events)
+
+    def _floor_by_head(self, state: TurnState, tick: int, vad_probs: list[float], turn_logits: list[float],
+                       events: list[TurnEvent]) -> None:
+        cfg = self.config
         user_active = self._track_user(state, vad_probs, events)
         p_turn = _softmax(turn_logits)
         head_says_speak = p_turn[SPEAK] >= max(p_turn[LISTEN], p_turn[BACKCHANNEL])
@@ -107,11 +151,6 @@ class TurnPolicy:
             elif cfg.policy == "model" and user_active and p_turn[BACKCHANNEL] > max(p_turn[LISTEN], p_turn[SPEAK]):
                 events.append(TurnEvent(TurnEventKind.BACKCHANNEL, "head", state.epoch))
 
-        delegate = self._delegate(state, delegate_logit)
-        if delegate:
-            events.append(TurnEvent(TurnEventKind.DELEGATED, "head", state.epoch))
-        return TickDecision(speak=state.model_speaking, delegate=delegate, events=events)
-
     def _track_user(self, state: TurnState, vad_probs: list[float], events: list[TurnEvent]) -> bool:
         active = [p >= self.config.vad_threshold for p in vad_probs]
         user_active = any(active)
@@ -128,6 +167,20 @@ class TurnPolicy:
                 state.user_speaking = False
                 events.append(TurnEvent(TurnEventKind.USER_SPEECH_STOPPED, "vad", state.epoch))
         return user_active
+
+    def _track_user_by_detector(self, state: TurnState, speaking: bool, events: list[TurnEvent]) -> bool:
+        """The `model` policy's ears: the detector's "user speaking" class instead of the VAD."""
+        if speaking:
+            state.silence_ms, state.user_spoke = 0.0, True
+            if not state.user_speaking:
+                state.user_speaking = True
+                events.append(TurnEvent(TurnEventKind.USER_SPEECH_STARTED, "head", state.epoch))
+        else:
+            state.silence_ms += self.config.tick_ms
+            if state.user_speaking:
+                state.user_speaking = False
+                events.append(TurnEvent(TurnEventKind.USER_SPEECH_STOPPED, "head", state.epoch))
+        return speaking
 
     def _take_floor_cause(self, state: TurnState, user_active: bool, head_says_speak: bool) -> str | None:
         cfg = self.config

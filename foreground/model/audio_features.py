@@ -109,6 +109,11 @@ class DMelFeaturizer:
         out_log_mel.log_()
         self.quantize(out_log_mel, out_bins)
 
+    def power_rows(self) -> torch.Tensor:
+        """The last `featurize` call's power spectra, rows (slot, frame), [pad_rows(...), n_fft/2+1]
+        (rows past the batch are stale): what pitch features read (`PitchSalience`)."""
+        return self._power
+
     def quantize(self, log_mel: torch.Tensor, out_bins: torch.Tensor) -> None:
         """log_mel [B, 5, n_mels] -> out_bins: uniform bins over [log_mel_floor, log_mel_ceil]."""
         scratch = self._bins_scratch[:log_mel.shape[0]]

@@ -69,6 +69,41 @@ class VisionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnDetectorConfig:
+    """The end-of-turn detector: a small conv net over the last `window_frames` frames (2 s) of
+    the user's audio, run once per tick. Two logits: the user speaks (vs is silent), and the
+    turn has ended (vs a mid-turn pause, given silence).
+
+    Per frame it reads a pitch-salience map (harmonic sums over the featuriser's own power
+    spectrum: 40 log-mel channels do not resolve pitch) plus the frame's energy and lowest
+    log-mel channels."""
+
+    window_frames: int = 50
+    pitch_candidates: int = 64  # log-spaced F0 candidates from pitch_min_hz
+    pitch_min_hz: float = 60.0
+    pitch_steps_per_octave: int = 20
+    pitch_harmonics: int = 8
+    pitch_max_hz: float = 2000.0  # harmonics above this are not summed
+    pitch_sharpness: float = 4.0  # softmax temperature over the candidates' saliences
+    pitch_scale: float = 4.0
+    low_channels: int = 8  # log-mel channels (from the lowest) the detector reads
+    frame_dim: int = 32  # per-frame projection
+    conv_channels: int = 32
+    conv_kernel: int = 4
+    conv_stride: int = 2
+    hidden: int = 64
+    outputs: int = 2
+    log_mel_min: float = -10.0  # input clamp (digital silence is ln(1e-10) = -23)
+    log_mel_max: float = 12.0
+    log_mel_centre: float = -2.0
+    log_mel_scale: float = 6.0
+
+    @property
+    def frame_features(self) -> int:
+        return self.pitch_candidates + 1 + self.low_channels
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     # Backbone: Mixtral-style decoder (names as in transformers.MixtralConfig).
     hidden_size: int = 256
@@ -92,6 +127,7 @@ class ModelConfig:
     # Heads.
     turn_classes: int = 3  # listen, speak, backchannel
     turn_head_calibrated: bool = False  # seeded weights: fall back to the silence threshold
+    turn_detector: TurnDetectorConfig = field(default_factory=TurnDetectorConfig)
     flow_hidden: int = 256
 
     def __post_init__(self) -> None:
@@ -133,6 +169,8 @@ class ModelConfig:
             data["audio"] = AudioConfig(**data["audio"])
         if "vision" in data:
             data["vision"] = VisionConfig(**data["vision"])
+        if "turn_detector" in data:
+            data["turn_detector"] = TurnDetectorConfig(**data["turn_detector"])
         return cls(**data)
 
     def save(self, path: Path) -> None:

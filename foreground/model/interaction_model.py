@@ -3,7 +3,8 @@
 No encoders: the user's audio enters as dMel (each log-mel channel quantised into a few bins,
 embedded by one linear layer over their one-hot codes, together with the model's own previous
 output frames), video as 40x40 patches through an hMLP stem, text as byte tokens. Heads read
-the backbone's last hidden states: text (the LM head), audio (flow matching), turn and delegate.
+the backbone's last hidden states: text (the LM head), audio (flow matching), turn and delegate;
+the end-of-turn detector reads the user's log-mel frames directly (`turn_detector`).
 
 Module names follow a Mixtral checkpoint (`model.*`, `lm_head`); everything else lives under
 `interaction.*`, which `transformers` ignores when it loads the backbone.
@@ -17,6 +18,7 @@ from torch import nn
 from foreground.model.audio_head import FlowAudioHead
 from foreground.model.backbone import MixtralModel
 from foreground.model.config import ModelConfig
+from foreground.model.turn_detector import TurnDetector
 from foreground.model.vision import HMLPStem
 
 
@@ -34,6 +36,7 @@ class InteractionParts(nn.Module):
         self.audio_head = FlowAudioHead(cfg)
         self.turn_head = nn.Linear(d, cfg.turn_classes)
         self.delegate_head = nn.Linear(d, 1)
+        self.turn_detector = TurnDetector(cfg)  # end of turn, from the user's log-mel
 
 
 class InteractionModel(nn.Module):

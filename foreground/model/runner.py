@@ -2,7 +2,8 @@
 
 Each session's tick block is [video patches | text slots | audio frames | act]; all blocks
 are embedded into one preallocated [B*T, d] buffer, run through the backbone in one batched
-step, and the heads read the audio-frame and act positions. Inputs and outputs live in
+step, and the heads read the audio-frame and act positions; the end-of-turn detector reads the
+user's log-mel and pitch-salience frames (its own 2 s window per slot). Inputs and outputs live in
 `TickInputs` / `TickOutputs`, allocated once for `max_slots` sessions (slot i is row i), so a
 tick allocates nothing.
 """
@@ -19,6 +20,7 @@ from foreground.model.audio_head import FlowHeadWorkspace
 from foreground.model.backbone import Backbone, BackboneWorkspace, KVCache
 from foreground.model.config import ModelConfig
 from foreground.model.interaction_model import InteractionModel
+from foreground.model.turn_detector import TurnDetectorRunner
 
 NOISE_PAGES = 4096  # the audio head's noise table: pages of one tick's frames
 
@@ -26,6 +28,8 @@ NOISE_PAGES = 4096  # the audio head's noise table: pages of one tick's frames
 @dataclass
 class TickInputs:
     user_bins: torch.Tensor  # [S, F, C] int64: dMel codes of the user's audio
+    user_log_mel: torch.Tensor  # [S, F, C] float32: the log-mel frames those codes quantise
+    user_pitch: torch.Tensor  # [S, F, P] float32: pitch-salience maps of the same frames
     self_bins: torch.Tensor  # [S, F, C] int64: dMel codes of the model's own previous output
     text_ids: torch.Tensor  # [S, text_slots] int64 (PAD_ID when no text)
     video: torch.Tensor  # [S, 3, H, W] float32 in [0, 1]
@@ -37,6 +41,8 @@ class TickInputs:
         a, v = cfg.audio, cfg.vision
         return cls(
             user_bins=torch.zeros(slots, a.frames_per_tick, a.n_mels, dtype=torch.int64),
+            user_log_mel=torch.zeros(slots, a.frames_per_tick, a.n_mels),
+            user_pitch=torch.zeros(slots, a.frames_per_tick, cfg.turn_detector.pitch_candidates),
             self_bins=torch.zeros(slots, a.frames_per_tick, a.n_mels, dtype=torch.int64),
             text_ids=torch.zeros(slots, cfg.text_slots_per_tick, dtype=torch.int64),
             video=torch.zeros(slots, 3, v.image_size, v.image_size),
@@ -51,6 +57,7 @@ class TickOutputs:
     log_mel: torch.Tensor  # [S, F, C]: the next 200 ms of audio as log-mel frames
     turn_logits: torch.Tensor  # [S, turn_classes]
     delegate_logit: torch.Tensor  # [S, 1]
+    turn_detector_logits: torch.Tensor  # [S, 2]: user speaking (vs silent), turn ended (vs pausing)
 
     @classmethod
     def allocate(cls, cfg: ModelConfig, slots: int) -> TickOutputs:
@@ -60,6 +67,7 @@ class TickOutputs:
             log_mel=torch.zeros(slots, f, c),
             turn_logits=torch.zeros(slots, cfg.turn_classes),
             delegate_logit=torch.zeros(slots, 1),
+            turn_detector_logits=torch.zeros(slots, cfg.turn_detector.outputs),
         )
 
 
@@ -74,6 +82,7 @@ class ModelRunner:
         self.backbone = Backbone(cfg, model.model)
         self.parts.vision.prepare(max_slots)
         self.parts.audio_head.prepare()
+        self.turn_detector = TurnDetectorRunner(self.parts.turn_detector, cfg, max_slots)  # slot state
         a, d = cfg.audio, cfg.hidden_size
         f, c, p = a.frames_per_tick, a.n_mels, cfg.vision.patches_per_frame
         self.layout = BlockLayout(cfg)
@@ -106,6 +115,8 @@ class ModelRunner:
         self._embed(inputs, batch)
         x = self.backbone.step(self.ws, cache, batch)
         self._heads(x, inputs, batch, out)
+        self.turn_detector.step(inputs.user_log_mel[:batch], inputs.user_pitch[:batch], batch,
+                                out.turn_detector_logits[:batch])
 
     def _embed(self, inputs: TickInputs, b: int) -> None:
         cfg, lay, parts = self.cfg, self.layout, self.parts

@@ -19,6 +19,7 @@ from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_loop import TickLoop
 from foreground.engine.tick_scheduler import SessionOutput, TickScheduler, WovenResult
 from foreground.serve.live_session import LiveSession
+from foreground.serve.metrics import ForegroundMetrics, TickRecord
 from foreground.serve.session_directory import SessionDirectory, SessionLocation
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb
 
@@ -50,8 +51,9 @@ class HostSettings:
 
 class SessionHost:
     def __init__(self, engine: TickScheduler, settings: HostSettings,
-                 directory: SessionDirectory | None = None) -> None:
+                 directory: SessionDirectory | None = None, metrics: ForegroundMetrics | None = None) -> None:
         self.engine, self.settings, self.directory = engine, settings, directory
+        self.metrics = metrics  # None: record nothing (tests that build a host without Ray)
         self.ticker = TickLoop(engine, settings.tick_ms, self.deliver)
         self.sessions: dict[str, LiveSession] = {}
         self.draining = False
@@ -89,10 +91,17 @@ class SessionHost:
         if request.session_id:
             raise SessionNotFound(f"session {request.session_id!r} is not held by this replica")
         if self.draining:
+            self._refused("draining")
             raise SessionsFull("this replica is draining")
         session = LiveSession()
-        await self.ticker.between_ticks(self._join, session, request)
+        try:
+            await self.ticker.between_ticks(self._join, session, request)
+        except SessionsFull:
+            self._refused("full")
+            raise
         self.sessions[session.session_id] = session
+        if self.metrics:
+            self.metrics.track(session.session_id)
         if self.directory:
             await self.directory.record(SessionLocation(session.session_id, self.settings.replica_id,
                                                         self.settings.address, session.token))
@@ -115,10 +124,17 @@ class SessionHost:
         if session.closed:
             return
         session.closed = True
-        record = self.engine.slots.get(session.session_id)
-        session.emit(closed=pb.SessionClosed(reason=reason, ticks=record.ticks, late_chunks=record.late_chunks))
-        await self.ticker.between_ticks(self.engine.leave, session.session_id)
+        # Shielded, and `closed` is sent only once the slot is free: the stream's reader task runs
+        # this and is cancelled as soon as the client has `closed`; cancelled mid-way, the slot
+        # (or the session's entry) leaked and a full-looking replica refused opens.
+        await asyncio.shield(self._release(session, reason))
+
+    async def _release(self, session: LiveSession, reason: str) -> None:
+        record = await self.ticker.between_ticks(self.engine.leave, session.session_id)
         self.sessions.pop(session.session_id, None)
+        if self.metrics:
+            self.metrics.forget(session.session_id)
+        session.emit(closed=pb.SessionClosed(reason=reason, ticks=record.ticks, late_chunks=record.late_chunks))
         if self.directory:
             await self.directory.forget(session.session_id)
         log.info("session %s closed: %s", session.session_id, reason)
@@ -129,6 +145,8 @@ class SessionHost:
         conversation = self.engine.slots.get(session.session_id).extra["conversation"]
         job = make_job(session.session_id, turn.epoch, conversation, tool, arguments_json)
         self.engine.jobs.submit(job)
+        if self.metrics:
+            self.metrics.on_client_delegation()
         session.emit(turn=pb.TurnEvent(kind=pb.TurnEvent.DELEGATED, cause="client", epoch=turn.epoch))
         return job.job_id
 
@@ -141,6 +159,8 @@ class SessionHost:
         if session is None or body not in FORWARDED:
             return
         session.emit(**{body: getattr(event, body)})
+        if self.metrics:
+            self.metrics.on_event_delivered(body, event.created_unix_ms)
         if body == "tool_result" and not event.tool_result.error:
             text = f"{event.tool_result.tool}: {event.tool_result.result_json}"
         elif body == "ui":
@@ -180,6 +200,16 @@ class SessionHost:
             for event in out.events:
                 session.emit(turn=pb.TurnEvent(kind=pb.TurnEvent.Kind.Value(event.kind.value),
                                                cause=event.cause, epoch=event.epoch))
+        if self.metrics:
+            stats = self.ticker.stats  # this tick's duration is recorded before deliver() runs
+            self.metrics.on_tick(TickRecord(duration_s=stats.tick_ms[-1] / 1000 if stats.tick_ms else 0.0,
+                                            live_sessions=self.engine.slots.live, free_slots=self.engine.slots.free,
+                                            overruns_total=stats.overruns), outputs)
+
+    def _refused(self, reason: str) -> None:
+        log.info("session open refused: %s", reason)
+        if self.metrics:
+            self.metrics.on_refused(reason)
 
     async def _sweep(self, every_s: float = 1.0) -> None:
         while True:

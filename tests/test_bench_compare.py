@@ -1,0 +1,110 @@
+"""`microturn bench compare` and the checkpoint's byte-level tokenizer (what lets vLLM serve
+our checkpoint folder as it is).
+
+The slow test runs the whole comparison (a real vLLM engine on CPU, ~30-60 s to start) with
+two small session counts and checks that both sides report numbers, that vLLM computed the
+same greedy token as our backbone, and that its engine-core and worker processes are gone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import psutil
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from foreground.model.checkpoint import write_seeded_checkpoint
+from foreground.model.config import BOS_ID, EMPTY_ID, EOS_ID, PAD_ID, TEXT_VOCAB
+from foreground.model.tokenizer import _bytes_to_unicode
+
+ENV_KEYS = ("VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR",
+            "VLLM_WORKER_MULTIPROC_METHOD", "VLLM_CPU_OMP_THREADS_BIND")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_seeded_checkpoint(tmp_path_factory.mktemp("compare"), "tiny", seed=0)
+
+
+def test_checkpoint_tokenizer_maps_ids_0_to_255_to_single_bytes(checkpoint):
+    tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    assert len(tok) == TEXT_VOCAB
+    to_byte = {ch: b for b, ch in _bytes_to_unicode().items()}
+    for i in range(256):
+        (piece,) = tok.convert_ids_to_tokens([i])
+        assert to_byte[piece] == i, f"id {i} is {piece!r}"
+        assert tok.convert_tokens_to_ids(piece) == i
+        if i < 128:
+            assert tok.decode([i]) == chr(i)
+    assert [tok.convert_tokens_to_ids(t) for t in ("<pad>", "<s>", "</s>", "<empty>")] == [
+        PAD_ID, BOS_ID, EOS_ID, EMPTY_ID]
+    assert tok.pad_token_id == PAD_ID and tok.bos_token_id == BOS_ID and tok.eos_token_id == EOS_ID
+
+
+def test_checkpoint_folder_is_what_vllm_loads(checkpoint):
+    """vLLM refuses unknown tensors and reads every *.safetensors unless the index names some."""
+    index = json.loads((checkpoint / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {"model.safetensors"}
+    assert all(not k.startswith("interaction.") for k in index["weight_map"])
+    assert "lm_head.weight" in index["weight_map"] and (checkpoint / "interaction.safetensors").exists()
+
+
+def _round_trips(folder) -> None:
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    text = "héllo, wörld ✓ \n\t{\"a\": 1}"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert ids == list(text.encode("utf-8"))
+    assert tok.decode(ids) == text
+
+
+def test_checkpoint_tokenizer_round_trips_utf8(checkpoint):
+    _round_trips(checkpoint)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_compare_reports_both_sides_and_stops_vllm(checkpoint, tmp_path):
+    from cluster.bench.compare import run_compare
+
+    saved = {key: os.environ.get(key) for key in ENV_KEYS}  # the vLLM side sets them (setdefault)
+    os.environ["VLLM_CACHE_ROOT"] = str(tmp_path / "vllm")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    threads = torch.get_num_threads()
+    try:
+        result = run_compare([1, 2], ticks=3, checkpoint=checkpoint, warmup=2)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    _round_trips(result["checkpoint"])
+    assert result["bench"] == "compare" and result["sessions"] == [1, 2]
+    assert result["microturn_threads"] == 1 and torch.get_num_threads() == threads  # restored
+    assert [r["sessions"] for r in result["results"]] == [1, 2]
+    for row in result["results"]:
+        for key in ("microturn_tick_ms_p50", "microturn_tick_ms_p99", "microturn_backbone_ms_p50",
+                    "vllm_tick_ms_p50", "vllm_tick_ms_p99", "ratio_p50"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, key
+        assert row["microturn_backbone_ms_p50"] <= row["microturn_tick_ms_p50"]
+        assert row["vllm_context_tokens_mean"] == 12 * (2 + 2)  # ticks 3..5 of 5: 36, 48, 60
+    assert result["results"][1]["vllm_prefix_cached_fraction"] > 0  # 48 and 60 reuse a block
+    assert result["vllm_greedy_check"]["same_next_token_as_microturn_backbone"]
+    assert result["vllm_processes_left"] == []
+    json.dumps(result)  # the CLI prints it as one line
+    after = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    engines = [p for p in after if not any("resource_tracker" in c for c in _cmdline(p))]
+    assert engines == [], [(p.pid, _cmdline(p)) for p in engines]
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []

@@ -1,0 +1,165 @@
+"""The learned end-of-turn detector: trainer-engine alignment, reproducible training, checkpoints,
+the shipped weights, and the turn policies that read it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cluster.speech import synthesize
+from cluster.training.turn_data import featurize
+from cluster.training.turn_trainer import SIDECAR_FILE, TrainTurnsConfig, WindowSource, train_turns
+from foreground.engine.tick_scheduler import TickScheduler
+from foreground.engine.turn_policy import TurnEventKind as K
+from foreground.engine.turn_policy import TurnPolicy, TurnPolicyConfig, TurnState
+from foreground.model.checkpoint import (
+    DETECTOR_PREFIX,
+    MICROTURN_CONFIG,
+    TRAINED_DETECTOR,
+    load_checkpoint,
+    write_seeded_checkpoint,
+)
+from foreground.model.turn_detector import END, SPEECH
+
+TICK = 3200
+TINY = TrainTurnsConfig(minutes=0.02, validation_utterances=16, streams=8)
+
+
+def _track(text: str, lead_ticks: int, tail_ticks: int) -> np.ndarray:
+    speech = synthesize(text, "en-us", 170)
+    pcm = np.zeros((lead_ticks + tail_ticks) * TICK + len(speech) + (-len(speech) % TICK), np.float32)
+    pcm[lead_ticks * TICK: lead_ticks * TICK + len(speech)] = speech
+    return np.clip(np.round(pcm * 32767), -32768, 32767).astype(np.int16)
+
+
+def _engine_logits(model, tracks: dict[str, np.ndarray], policy: str = "model") -> dict[str, torch.Tensor]:
+    """Each track as a session of one engine; the detector's logits per tick."""
+    engine = TickScheduler(model, max_slots=len(tracks) + 1,
+                           turn=TurnPolicyConfig(policy=policy, head_calibrated=model.cfg.turn_head_calibrated))
+    for name in tracks:
+        engine.join(name)
+    ticks = max(len(t) for t in tracks.values()) // TICK
+    out: dict[str, list] = {name: [] for name in tracks}
+    for k in range(ticks):
+        for name, track in tracks.items():
+            engine.submit_audio(name, track[k * TICK:(k + 1) * TICK].astype("<i2").tobytes())
+        engine.tick()
+        for name in tracks:
+            out[name].append(engine.outputs.turn_detector_logits[engine.slots.get(name).slot].clone())
+    return {name: torch.stack(rows) for name, rows in out.items()}
+
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory):
+    return load_checkpoint(write_seeded_checkpoint(tmp_path_factory.mktemp("seeded"), "tiny", seed=0))
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """Two trainings with the same seed and a budget of seconds (each in its own folder)."""
+    return [train_turns(tmp_path_factory.mktemp(f"turns{i}"), TINY) for i in range(2)]
+
+
+@pytest.mark.timeout(120)
+def test_the_trainers_forward_gives_the_engines_logits_bitwise(seeded):
+    probe = _track("Hello there, could you tell me the weather today?", lead_ticks=2, tail_ticks=8)
+    other = np.random.default_rng(0).normal(0, 3000, len(probe)).astype(np.int16)
+    engine = _engine_logits(seeded, {"other": other, "probe": probe})["probe"]
+    log_mel, pitch = featurize(probe[None], seeded.cfg)
+    ticks = len(engine)
+    frames = torch.arange(ticks) * seeded.cfg.audio.frames_per_tick + seeded.cfg.audio.frames_per_tick - 1
+    windows = WindowSource(log_mel, pitch, seeded.cfg.turn_detector)(torch.stack([torch.zeros_like(frames), frames], 1))
+    with torch.no_grad():
+        trainer = seeded.interaction.turn_detector(*windows)
+    assert torch.equal(trainer, engine), f"max difference {float((trainer - engine).abs().max())}"
+
+
+@pytest.mark.timeout(120)
+def test_the_detector_output_does_not_depend_on_the_batch(seeded):
+    probe = _track("Could you remind me what time the pharmacy closes?", lead_ticks=1, tail_ticks=4)
+    rng = np.random.default_rng(1)
+    alone = _engine_logits(seeded, {"probe": probe})["probe"]
+    crowd = {f"f{i}": rng.normal(0, 500 * (i + 1), len(probe)).astype(np.int16) for i in range(9)}
+    batched = _engine_logits(seeded, {**crowd, "probe": probe})["probe"]
+    assert torch.equal(alone, batched)
+
+
+@pytest.mark.timeout(180)
+def test_training_on_a_tiny_budget_is_reproducible(tiny_runs):
+    a, b = (run.detector.state_dict() for run in tiny_runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    report = tiny_runs[0].report
+    assert report["voices"]["validation"] and not set(report["voices"]["validation"]) & set(report["voices"]["train"])
+    assert report["command"].startswith("microturn train turns")
+
+
+@pytest.mark.timeout(180)
+def test_a_trained_checkpoint_loads_and_its_detector_follows_the_audio(tiny_runs):
+    folder = tiny_runs[0].checkpoint
+    assert json.loads((folder / MICROTURN_CONFIG).read_text())["turn_head_calibrated"] is True
+    model = load_checkpoint(folder)
+    detector = model.interaction.turn_detector.state_dict()
+    assert all(torch.equal(detector[k], v) for k, v in tiny_runs[0].detector.state_dict().items())
+    track = _track("I was thinking about the weather today.", lead_ticks=3, tail_ticks=8)
+    logits = _engine_logits(model, {"s": track})["s"]
+    speech_ticks = np.flatnonzero([np.abs(track[k * TICK:(k + 1) * TICK]).max() > 1000 for k in range(len(logits))])
+    silent_before, silent_after = logits[:3], logits[speech_ticks[-1] + 4:]
+    assert not torch.equal(logits[speech_ticks[1]], silent_before[-1])  # the output moves with the audio
+    assert logits[speech_ticks[1:-1], SPEECH].min() > silent_after[:, SPEECH].max()
+
+
+@pytest.mark.skipif(not TRAINED_DETECTOR.exists(), reason="no shipped detector weights")
+@pytest.mark.timeout(120)
+def test_the_shipped_detector_is_merged_into_the_seeded_checkpoint_and_hears_turns(seeded, tmp_path):
+    shipped = load_file(str(TRAINED_DETECTOR))
+    state = seeded.state_dict()
+    assert seeded.cfg.turn_head_calibrated
+    assert all(torch.equal(state[DETECTOR_PREFIX + k], v) for k, v in shipped.items())
+    sidecar = json.loads((TRAINED_DETECTOR.parent / SIDECAR_FILE).read_text())
+    assert sidecar["command"].startswith("microturn train turns") and "chosen" in sidecar["validation"]
+    # speech: "the user speaks"; 1.6 s after a statement ended: "the turn has ended"
+    track = _track("My neighbour finally sold his old red car last week.", lead_ticks=3, tail_ticks=8)
+    logits = _engine_logits(seeded, {"s": track})["s"]
+    loud = [np.abs(track[k * TICK:(k + 1) * TICK]).max() > 1000 for k in range(len(logits))]
+    last_speech = int(np.flatnonzero(loud)[-1])
+    assert (logits[np.flatnonzero(loud)[1:-1], SPEECH] > 0).all()
+    assert logits[last_speech + 8, SPEECH] < 0 and logits[last_speech + 8, END] > 0
+    # without the detector the seeded checkpoint still writes (uncalibrated)
+    plain = load_checkpoint(write_seeded_checkpoint(tmp_path, "tiny", seed=0, trained_turns=False))
+    assert not plain.cfg.turn_head_calibrated
+
+
+SILENT, VOICED = [0.05] * 6, [0.9] * 6
+HEAD = [0.0, 0.0, 0.0]
+QUIET_PAUSE, QUIET_END, TALK = [-5.0, -3.0], [-5.0, 3.0], [5.0, -9.0]
+
+
+def test_the_model_policy_follows_the_detector_alone():
+    policy = TurnPolicy(TurnPolicyConfig(policy="model", head_calibrated=True))
+    state = TurnState()
+    steps = [(SILENT, QUIET_END), (VOICED, TALK), (SILENT, QUIET_PAUSE), (SILENT, QUIET_END),
+             (SILENT, TALK)]  # the VAD is ignored: the detector hears the barge-in
+    decisions = [policy.decide(state, i, vad, HEAD, -9.0, detector_logits=d) for i, (vad, d) in enumerate(steps)]
+    assert [d.speak for d in decisions] == [False, False, False, True, False]  # nothing said yet at 0
+    assert (K.MODEL_SPEECH_STARTED, "head") in [(e.kind, e.cause) for e in decisions[3].events]
+    assert (K.INTERRUPTED, "head") in [(e.kind, e.cause) for e in decisions[4].events] and state.epoch == 1
+
+
+def test_hybrid_takes_a_free_floor_on_the_detector_and_keeps_the_vad_guard():
+    policy = TurnPolicy(TurnPolicyConfig(policy="hybrid", head_calibrated=True))
+    state = TurnState()
+    assert not policy.decide(state, 0, VOICED, HEAD, -9.0, detector_logits=QUIET_END).speak  # VAD: user speaks
+    assert not policy.decide(state, 1, SILENT, HEAD, -9.0, detector_logits=QUIET_PAUSE).speak
+    assert policy.decide(state, 2, SILENT, HEAD, -9.0, detector_logits=QUIET_END).speak
+    barge = policy.decide(state, 3, VOICED, HEAD, -9.0, detector_logits=QUIET_END)
+    assert not barge.speak and (K.INTERRUPTED, "vad") in [(e.kind, e.cause) for e in barge.events]
+
+
+def test_an_uncalibrated_detector_is_ignored():
+    policy = TurnPolicy(TurnPolicyConfig(policy="hybrid", head_calibrated=False, silence_threshold_ms=400))
+    state = TurnState()
+    speak = [policy.decide(state, i, vad, HEAD, -9.0, detector_logits=QUIET_END).speak
+             for i, vad in enumerate([VOICED, SILENT, SILENT, SILENT])]
+    assert speak == [False, False, True, True]  # the silence threshold, as before
