@@ -207,9 +207,12 @@ def test_bench_duplex_runs_two_scenarios_against_a_live_cluster(ray_cluster, red
         assert key in result
     assert result["scenarios"] == 2 and result["kinds"] == {"pause": 1, "turn_taking": 1}
     assert result["errors"] == []
-    assert result["turn_taking_tor"] == 1.0  # the threshold policy answers a turn end
-    assert 0.3 < result["turn_taking_latency_p50_s"] < 2.0
-    assert result["turn_taking_breakdown_ms"]["silence_threshold"] == 600.0
+    assert result["turn_taking_tor"] == 1.0  # the model answers a turn end
+    assert 0.0 <= result["turn_taking_latency_p50_s"] < 2.0
+    breakdown = result["turn_taking_breakdown_ms"]
+    assert set(breakdown["causes"]) <= {"head", "threshold"}  # trained detector, or its fallback
+    if set(breakdown["causes"]) == {"threshold"}:
+        assert breakdown["silence_threshold"] == 600.0
     json.dumps(result)
 
     run_dir = Path(result["run_dir"])
