@@ -67,7 +67,7 @@ def _run(model, probes: list[str], fillers: list[str], order_seed: int, churn: b
     return record
 
 
-def _assert_same(alone, batched, probe):
+def check_same_outputs(alone, batched, probe):
     for tick, (a, b) in enumerate(zip(alone, batched, strict=True)):
         assert a[0] == b[0], f"{probe} tick {tick}: audio differs"
         assert a[1] == b[1], f"{probe} tick {tick}: turn decision differs"
@@ -89,14 +89,14 @@ def test_probes_match_their_solo_runs_in_any_batch(model, alone, batch):
     probes = PROBES[: min(batch, 3)]
     record = _run(model, probes, fillers, order_seed=batch, churn=False)
     for p in probes:
-        _assert_same(alone[p], record[p], p)
+        check_same_outputs(alone[p], record[p], p)
 
 
 def test_probes_match_while_others_join_and_leave(model, alone):
     fillers = [f"filler-{200 + i}" for i in range(20)]
     record = _run(model, PROBES, fillers, order_seed=7, churn=True)
     for p in PROBES:
-        _assert_same(alone[p], record[p], p)
+        check_same_outputs(alone[p], record[p], p)
 
 
 def test_prefill_in_one_step_equals_tick_by_tick(model):

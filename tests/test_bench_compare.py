@@ -53,7 +53,7 @@ def test_checkpoint_folder_is_what_vllm_loads(checkpoint):
     assert "lm_head.weight" in index["weight_map"] and (checkpoint / "interaction.safetensors").exists()
 
 
-def _round_trips(folder) -> None:
+def check_round_trip(folder) -> None:
     tok = AutoTokenizer.from_pretrained(str(folder))
     text = "héllo, wörld ✓ \n\t{\"a\": 1}"
     ids = tok.encode(text, add_special_tokens=False)
@@ -62,7 +62,7 @@ def _round_trips(folder) -> None:
 
 
 def test_checkpoint_tokenizer_round_trips_utf8(checkpoint):
-    _round_trips(checkpoint)
+    check_round_trip(checkpoint)
 
 
 @pytest.mark.slow
@@ -84,7 +84,7 @@ def test_compare_reports_both_sides_and_stops_vllm(checkpoint, tmp_path):
             else:
                 os.environ[key] = value
 
-    _round_trips(result["checkpoint"])
+    check_round_trip(result["checkpoint"])
     assert result["bench"] == "compare" and result["sessions"] == [1, 2]
     assert result["microturn_threads"] == 1 and torch.get_num_threads() == threads  # restored
     assert [r["sessions"] for r in result["results"]] == [1, 2]

@@ -64,7 +64,7 @@ def _schema(tool: str) -> dict:
     return next(t["function"]["parameters"] for t in TOOLS if t["function"]["name"] == tool)
 
 
-def assert_valid(call: PlannedCall) -> None:
+def check_valid(call: PlannedCall) -> None:
     jsonschema.validate(json.loads(call.arguments_json), _schema(call.tool))
 
 
@@ -177,7 +177,7 @@ def test_named_tool_arguments_are_valid_json_for_its_schema(running):
         calls = running.plan(make_job(i, "web_search"))
         latencies.append(time.perf_counter() - started)
         assert [c.tool for c in calls] == ["web_search"]
-        assert_valid(calls[0])
+        check_valid(calls[0])
     print(f"engine start {running.reasoner.engine_start_s:.1f} s; "
           f"plan latency median {sorted(latencies)[4] * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
 
@@ -194,7 +194,7 @@ def test_same_job_same_seed_same_arguments(running):
 def test_job_without_a_tool_calls_an_offered_one(running):
     calls = running.plan(make_job(7))
     assert len(calls) == 1 and calls[0].tool in {"web_search", "calculator", "clock"}
-    assert_valid(calls[0])
+    check_valid(calls[0])
     only_clock = [t for t in TOOLS if t["function"]["name"] == "clock"]
     (call,) = running.plan(make_job(8), only_clock)
     assert call.tool == "clock" and json.loads(call.arguments_json)["timezone"] in (
@@ -209,7 +209,7 @@ def test_concurrent_jobs_are_batched_and_all_valid(running):
                                       for i in range(100, 108)))
 
     for calls in running.runner.run(eight()):
-        assert_valid(calls[0])
+        check_valid(calls[0])
 
 
 @pytest.mark.slow
@@ -232,7 +232,7 @@ def test_schema_the_backend_cannot_compile_is_an_error(running):
     with pytest.raises(ReasonerError, match="rejected"):
         running.plan(make_job(10, "cond"), [conditional])
     (call,) = running.plan(make_job(11, "web_search"))  # the engine still serves
-    assert_valid(call)
+    check_valid(call)
 
 
 @pytest.mark.slow
