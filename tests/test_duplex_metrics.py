@@ -220,6 +220,7 @@ def test_bench_duplex_runs_two_scenarios_against_a_live_cluster(ray_cluster, red
     rows = list(csv.DictReader((run_dir / "scenarios.csv").open()))
     assert [r["kind"] for r in rows] == ["pause", "turn_taking"]
     assert (run_dir / "summary.md").read_text().startswith("# bench duplex")
+    assert (run_dir / "timelines.png").stat().st_size > 0  # matplotlib is a dependency
     assert json.loads((run_dir / "summary.json").read_text())["scenarios"] == 2
     for row in rows:
         assert (run_dir / row["name"] / "output.wav").stat().st_size > 0
