@@ -25,6 +25,7 @@ from protos.microturn.v1 import events_pb2, interaction_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+METRICS_AFTER_S = 0.02
 WEAVE_BYTES = 64  # how much of a result the model reads (2 byte tokens per tick)
 FORWARDED = ("tool_call", "tool_result", "ui", "transcript", "error")  # Event bodies clients get
 
@@ -202,9 +203,11 @@ class SessionHost:
                                                cause=event.cause, epoch=event.epoch))
         if self.metrics:
             stats = self.ticker.stats  # this tick's duration is recorded before deliver() runs
-            self.metrics.on_tick(TickRecord(duration_s=stats.tick_ms[-1] / 1000 if stats.tick_ms else 0.0,
-                                            live_sessions=self.engine.slots.live, free_slots=self.engine.slots.free,
-                                            overruns_total=stats.overruns), outputs)
+            record = TickRecord(duration_s=stats.tick_ms[-1] / 1000 if stats.tick_ms else 0.0,
+                                live_sessions=self.engine.slots.live, free_slots=self.engine.slots.free,
+                                overruns_total=stats.overruns)
+            # After the streams have written this tick's audio: metrics must not delay it.
+            asyncio.get_running_loop().call_later(METRICS_AFTER_S, self.metrics.on_tick, record, outputs)
 
     def _refused(self, reason: str) -> None:
         log.info("session open refused: %s", reason)
