@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from protos.job_stream import QueueBacklog
-from protos.metric_spec import Exporter, MetricKind, MetricSpec, ray_metric, start_counter_at_zero
+from protos.metric_spec import MetricKind, MetricSpec, ray_metric, replica_spec, start_counter_at_zero
 
 log = logging.getLogger(__name__)
 
@@ -23,33 +23,28 @@ UNKNOWN_TOOL = "unknown"
 NO_TOOL = "none"  # a job the reasoner planned no call for (or could not plan)
 
 
-def _spec(name: str, kind: MetricKind, unit: str, meaning: str, measured: str,
-          labels: tuple[str, ...] = (), buckets: tuple[float, ...] = ()) -> MetricSpec:
-    return MetricSpec(name, kind, unit, meaning, measured, Exporter.RAY, ("replica", *labels), buckets)
-
-
-QUEUE_WAITING = _spec(
+QUEUE_WAITING = replica_spec(
     "microturn_background_queue_waiting_jobs", MetricKind.GAUGE, "jobs",
     "Jobs on `mt:jobs` that no worker has claimed yet (capped at 1,000).",
     "`JobStream.backlog()` in `BackgroundPool.record_autoscaling_stats`")
-QUEUE_PENDING = _spec(
+QUEUE_PENDING = replica_spec(
     "microturn_background_queue_pending_jobs", MetricKind.GAUGE, "jobs",
     "Jobs claimed but not acknowledged: being worked on, or held by a dead worker until reclaimed.",
     "`JobStream.backlog()` in `BackgroundPool.record_autoscaling_stats`")
-QUEUE_LAG = _spec(
+QUEUE_LAG = replica_spec(
     "microturn_background_queue_lag_seconds", MetricKind.GAUGE, "seconds",
     "How long the oldest unclaimed job has waited (Redis server clock; 0 when none waits).",
     "`JobStream.backlog()` in `BackgroundPool.record_autoscaling_stats`")
-JOB_DURATION = _spec(
+JOB_DURATION = replica_spec(
     "microturn_background_job_duration_seconds", MetricKind.HISTOGRAM, "seconds",
     "One job from claim to acknowledgement (plan, tool calls, publishing), by `tool`: the tool the "
     "job named, else the first planned call's, else `none`.", "`JobWorker.process`",
     labels=("tool",), buckets=JOB_BUCKETS)
-TOOL_ERRORS = _spec(
+TOOL_ERRORS = replica_spec(
     "microturn_background_tool_errors", MetricKind.COUNTER, "errors",
     "Tool calls that ended in an error result (bad arguments, timeout, provider failure), by `tool`.",
     "`JobWorker._run_call`", labels=("tool",))
-PLAN_DURATION = _spec(
+PLAN_DURATION = replica_spec(
     "microturn_background_reasoner_plan_seconds", MetricKind.HISTOGRAM, "seconds",
     "Reasoner latency: one `plan()` call, from the job to its tool calls (for `vllm`, both "
     "constrained generations), failures included, by `reasoner` backend.", "`JobWorker._plan`",

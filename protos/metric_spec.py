@@ -73,6 +73,12 @@ class MetricSpec:
         return (self.exported,)
 
 
+def replica_spec(name: str, kind: MetricKind, unit: str, meaning: str, measured: str,
+                 labels: tuple[str, ...] = (), buckets: tuple[float, ...] = ()) -> MetricSpec:
+    """A metric a Serve replica exports through Ray, labelled with its `replica`."""
+    return MetricSpec(name, kind, unit, meaning, measured, Exporter.RAY, ("replica", *labels), buckets)
+
+
 def ray_metric(spec: MetricSpec, default_tags: dict[str, str]):
     """A `ray.util.metrics` instrument for `spec`; `default_tags` fill some of its labels once
     (e.g. the replica). Imported lazily: only the Ray-side parts need Ray here."""

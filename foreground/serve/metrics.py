@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from foreground.engine.tick_scheduler import SessionOutput
 from foreground.engine.turn_policy import TurnEvent, TurnEventKind
-from protos.metric_spec import Exporter, MetricKind, MetricSpec, ray_metric, start_counter_at_zero
+from protos.metric_spec import MetricKind, MetricSpec, ray_metric, replica_spec, start_counter_at_zero
 
 log = logging.getLogger(__name__)
 
@@ -30,52 +30,47 @@ DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 REFUSAL_REASONS = ("full", "draining")
 
 
-def _spec(name: str, kind: MetricKind, unit: str, meaning: str, measured: str,
-          labels: tuple[str, ...] = (), buckets: tuple[float, ...] = ()) -> MetricSpec:
-    return MetricSpec(name, kind, unit, meaning, measured, Exporter.RAY, ("replica", *labels), buckets)
-
-
-TICK_DURATION = _spec(
+TICK_DURATION = replica_spec(
     "microturn_foreground_tick_duration_seconds", MetricKind.HISTOGRAM, "seconds",
     "Wall time of one tick: one batched forward of every live session (ticks with no session are "
     "not observed). Real time needs p99 < the tick length (200 ms).",
     "`TickLoop` stats, read in `SessionHost.deliver`", buckets=TICK_BUCKETS)
-TICK_OVERRUNS = _spec(
+TICK_OVERRUNS = replica_spec(
     "microturn_foreground_tick_overruns", MetricKind.COUNTER, "overruns",
     "Tick boundaries missed because a tick ran past the next one (the loop skips them, it never "
     "catches up).", "`TickLoop` stats, read in `SessionHost.deliver`")
-LIVE_SESSIONS = _spec(
+LIVE_SESSIONS = replica_spec(
     "microturn_foreground_live_sessions", MetricKind.GAUGE, "sessions",
     "Sessions holding a slot on the replica.", "`SessionHost.deliver`, every tick")
-FREE_SLOTS = _spec(
+FREE_SLOTS = replica_spec(
     "microturn_foreground_free_slots", MetricKind.GAUGE, "slots",
     "Preallocated slots still free on the replica (what the free-slot router routes opens by).",
     "`SessionHost.deliver`, every tick")
-LATE_CHUNKS = _spec(
+LATE_CHUNKS = replica_spec(
     "microturn_foreground_late_chunks", MetricKind.COUNTER, "chunks",
     "Ticks at which a streaming session had no audio chunk queued and got silence instead "
     "(counted from its first chunk on).", "`SessionHost.deliver` (`SessionOutput.input_received_ns == 0`)")
-TURN_EVENTS = _spec(
+TURN_EVENTS = replica_spec(
     "microturn_foreground_turn_events", MetricKind.COUNTER, "events",
     "Turn events by `kind`: INTERRUPTED (barge-ins), BACKCHANNEL, DELEGATED (by the model's "
     "delegate head or a client's tool request), YIELDED, USER_/MODEL_SPEECH_STARTED/STOPPED.",
     "`SessionHost.deliver` (tick events) and `SessionHost.request_tool`", labels=("kind",))
-TURN_TAKING = _spec(
+TURN_TAKING = replica_spec(
     "microturn_foreground_turn_taking_latency_seconds", MetricKind.HISTOGRAM, "seconds",
     "Server-side turn-taking latency where the model takes the turn: ticks from USER_SPEECH_STOPPED "
     "to MODEL_SPEECH_STARTED times the tick length.", "`SessionHost.deliver` (turn events)",
     buckets=TURN_BUCKETS)
-INTERRUPTION_STOP = _spec(
+INTERRUPTION_STOP = replica_spec(
     "microturn_foreground_interruption_stop_latency_seconds", MetricKind.HISTOGRAM, "seconds",
     "Server-side interruption stop latency: ticks from USER_SPEECH_STARTED while the model speaks to "
     "MODEL_SPEECH_STOPPED times the tick length (0: stopped in the tick the user was heard).",
     "`SessionHost.deliver` (turn events)", buckets=TURN_BUCKETS)
-EVENT_DELIVERY = _spec(
+EVENT_DELIVERY = replica_spec(
     "microturn_foreground_event_delivery_latency_seconds", MetricKind.HISTOGRAM, "seconds",
     "Bus event published (`Event.created_unix_ms`, the publisher's clock) to forwarded into the "
     "client's stream, by payload `kind` (tool_call, tool_result, ui, transcript, error).",
     "`SessionHost.on_event`", labels=("kind",), buckets=DELIVERY_BUCKETS)
-REFUSED_SESSIONS = _spec(
+REFUSED_SESSIONS = replica_spec(
     "microturn_foreground_refused_sessions", MetricKind.COUNTER, "sessions",
     "Session opens this replica declined, by `reason`: full (every slot taken: the gateway then "
     "tries another replica) or draining.", "`SessionHost.open`", labels=("reason",))
