@@ -28,7 +28,10 @@ def build_foreground_app(config: MicroturnConfig, redis_url: str | None) -> Appl
     """The foreground deployment. A live session holds no Serve request (it streams to the
     replica's own port), but `max_ongoing_requests` still admits one open per slot."""
     fg = config.foreground
-    actor_options: dict = {"num_cpus": fg.num_cpus, "num_gpus": fg.num_gpus}
+    actor_options: dict = {"num_cpus": fg.num_cpus, "num_gpus": fg.num_gpus,
+                           # Ray nices worker processes to 15 (RAY_worker_niceness); the tick and
+                           # the session streams must not wait behind the node's other processes.
+                           "runtime_env": {"env_vars": {"RAY_worker_niceness": str(fg.niceness)}}}
     if fg.label_selector:
         actor_options["label_selector"] = dict(fg.label_selector)
     options: dict = {

@@ -63,6 +63,9 @@ class ForegroundConfig(Section):
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     threads: int = Field(0, ge=0, description="torch threads per replica; 0: one per core it may use")
+    niceness: int = Field(0, ge=0, le=19, description=(
+        "CPU niceness of replica processes; Ray's default for workers is 15, behind every ordinary "
+        "process on the node, which a real-time replica must not be"))
     idle_timeout_s: float = Field(30.0, gt=0)
     resume_grace_s: float = Field(15.0, ge=0)
     # Placement on NVLink GPU nodes, e.g. label_selector {"microturn.io/nvlink": "true"},

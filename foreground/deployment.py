@@ -114,11 +114,13 @@ class ForegroundReplica:
 
     def describe(self) -> dict:
         stats = self.host.ticker.stats
-        return {"replica_id": self.replica_id, "address": self.address, "pid": os.getpid(),
+        return {"replica_id": self.replica_id, "address": self.address, "pid": os.getpid(), "niceness": os.nice(0),
                 "max_sessions": self.settings.max_sessions, "live": self.host.engine.slots.live,
                 "sessions": sorted(self.host.sessions), "ticks": stats.ticks, "overruns": stats.overruns,
                 "tick_ms_p50": round(percentile(stats.tick_ms, 50), 2) if stats.tick_ms else None,
-                "tick_ms_p99": round(percentile(stats.tick_ms, 99), 2) if stats.tick_ms else None}
+                "tick_ms_p99": round(percentile(stats.tick_ms, 99), 2) if stats.tick_ms else None,
+                "tick_start_lag_ms_p50": round(percentile(stats.start_lag_ms, 50), 2) if stats.start_lag_ms else None,
+                "tick_start_lag_ms_p99": round(percentile(stats.start_lag_ms, 99), 2) if stats.start_lag_ms else None}
 
     def record_routing_stats(self) -> dict:
         """What `FreeSlotRouter` routes opens by."""

@@ -12,7 +12,12 @@ i.e. client -> model -> client minus the wait for the tick boundary and the mode
 
 Meanwhile a synthetic background result is published to every session's event stream every
 2 s, as a pool worker would; `bg_result_to_tick_ms` is result published -> the tick that took
-its first tokens started (from the replica's `Woven` messages).
+its first tokens started (from the replica's `Woven` messages), `bg_result_bus_ms` the part of
+it before the replica read the result. Results start once the audio flows (the replica holds a
+result while it hears the user start to speak, which is policy, not delivery: the clients' tone
+onset reads as speech for a tick or two) and at a random phase per session, as independent
+workers finish at any point of a tick. Waiting for the next boundary is uniform over one tick,
+so p99 can be at most ~2 ms above 198 ms for the target (one tick) to hold.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 
 CHUNK_S = 0.2
 RESULT_EVERY_S = 2.0
+RESULTS_AFTER_S = 1.0  # after the audio starts
 
 
 @dataclass
@@ -50,6 +56,8 @@ class LoadTally:
     late_chunks: int = 0  # waited more than one tick for their tick, or never used
     errors: list[str] = field(default_factory=list)
     woven_ms: list[float] = field(default_factory=list)  # background result published -> woven
+    bus_ms: list[float] = field(default_factory=list)  # ... published -> read by the replica
+    results_published: int = 0
 
 
 def _voice_chunk(i: int) -> bytes:
@@ -59,13 +67,17 @@ def _voice_chunk(i: int) -> bytes:
 
 
 async def _one_session(client: InteractionClient, i: int, seconds: float, direct: bool, tally: LoadTally,
-                       start_at: float, guard_s: float, bus: EventBus | None) -> None:
+                       start_at: float, guard_s: float, result_phase_s: float, bus: EventBus | None) -> None:
     chunk = _voice_chunk(i)
     try:
         async with client.session(direct=direct) as session:
             receiver = asyncio.create_task(_receive(session, tally))
-            results = asyncio.create_task(_publish_results(bus, session.opened.session_id, seconds, i)) if bus else None
             await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+            results = None
+            if bus:
+                first_at = start_at + RESULTS_AFTER_S + result_phase_s
+                results = asyncio.create_task(_publish_results(bus, session.opened.session_id, first_at,
+                                                               seconds - RESULTS_AFTER_S - result_phase_s, tally))
             t0 = session.chunk_clock(guard_s=guard_s, period_s=CHUNK_S)
             chunks = int(seconds / CHUNK_S)
             for seq in range(1, chunks + 1):
@@ -80,16 +92,17 @@ async def _one_session(client: InteractionClient, i: int, seconds: float, direct
         tally.errors.append(f"session {i}: {type(e).__name__}: {e}")
 
 
-async def _publish_results(bus: EventBus, session_id: str, seconds: float, i: int) -> None:
+async def _publish_results(bus: EventBus, session_id: str, first_at: float, seconds: float,
+                           tally: LoadTally) -> None:
     """A background result for the session every RESULT_EVERY_S, as a worker would publish it."""
-    await asyncio.sleep(1.0 + (i % 10) * 0.13)
-    for k in range(int(seconds / RESULT_EVERY_S)):
+    for k in range(max(0, math.ceil(seconds / RESULT_EVERY_S))):
+        await asyncio.sleep(max(0.0, first_at + k * RESULT_EVERY_S - time.monotonic()))
         event = events_pb2.Event(
             session_id=session_id, event_id=f"bench-{k}", job_id=f"bench-job-{k}",
-            created_unix_ms=int(time.time() * 1000),
+            created_unix_ms=round(time.time_ns() / 1e6),  # rounded, not truncated: unbiased
             tool_result=events_pb2.ToolResult(job_id=f"bench-job-{k}", tool="clock", result_json='{"t": 1}'))
         await bus.publish(event)
-        await asyncio.sleep(RESULT_EVERY_S)
+        tally.results_published += 1
 
 
 async def _receive(session: ClientSession, tally: LoadTally) -> None:
@@ -112,6 +125,7 @@ async def _receive(session: ClientSession, tally: LoadTally) -> None:
                     tally.late_chunks += 1
         elif kind == "woven":
             tally.woven_ms.append((message.woven.woven_unix_ns - message.woven.published_unix_ns) / 1e6)
+            tally.bus_ms.append((message.woven.received_unix_ns - message.woven.published_unix_ns) / 1e6)
         elif kind == "error":
             tally.errors.append(f"{message.error.code}: {message.error.message}")
         elif kind == "closed":
@@ -132,9 +146,12 @@ async def run_load(config: MicroturnConfig, sessions: int, seconds: float, via: 
             # (`ClientSession.chunk_clock`), as the SDK does for a live microphone; how much
             # before differs per client (20-80 ms), as their networks would.
             start_at = time.monotonic() + 1.0
-            guards = np.random.default_rng(0).uniform(0.02, 0.08, sessions)
+            rng = np.random.default_rng(0)
+            guards = rng.uniform(0.02, 0.08, sessions)
+            result_phases = rng.uniform(0.0, RESULT_EVERY_S, sessions)
             log.info("%d sessions streaming for %.0f s (%s)", sessions, seconds, via)
-            await asyncio.gather(*(_one_session(client, i, seconds, via == "direct", tally, start_at, guards[i], bus)
+            await asyncio.gather(*(_one_session(client, i, seconds, via == "direct", tally, start_at, guards[i],
+                                                result_phases[i], bus)
                                    for i in range(sessions)))
         if bus:
             await bus.close()
@@ -155,12 +172,16 @@ async def run_load(config: MicroturnConfig, sessions: int, seconds: float, via: 
         "round_trip_ms_p99": round(percentile(tally.round_trip_ms, 99), 2),
         "tick_ms_p50": replica.get("tick_ms_p50"),
         "tick_ms_p99": replica.get("tick_ms_p99"),
+        "tick_start_lag_ms_p99": replica.get("tick_start_lag_ms_p99"),
+        "replica_niceness": replica.get("niceness"),
         "overruns": replica.get("overruns"),
         "chunks_sent": tally.chunks_sent,
         "late_chunks": tally.late_chunks,
+        "bg_results_published": tally.results_published,
         "bg_results_woven": len(tally.woven_ms),
         "bg_result_to_tick_ms_p50": round(percentile(tally.woven_ms, 50), 2) if tally.woven_ms else None,
         "bg_result_to_tick_ms_p99": round(percentile(tally.woven_ms, 99), 2) if tally.woven_ms else None,
+        "bg_result_bus_ms_p99": round(percentile(tally.bus_ms, 99), 2) if tally.bus_ms else None,
         "errors": len(tally.errors),
         "error_samples": tally.errors[:5],
     }

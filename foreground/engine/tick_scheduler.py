@@ -68,6 +68,7 @@ class WovenResult:
     job_id: str
     epoch: int
     published_ns: int
+    received_ns: int = 0  # when the replica read it from the bus
 
 
 class _StreamBuffers:

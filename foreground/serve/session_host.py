@@ -155,6 +155,7 @@ class SessionHost:
         """A bus event for one of our sessions: forward it to the client, and weave results
         into the model's input unless they belong to an older epoch (the user has barged in
         since the job started): those are recorded in the conversation but never voiced."""
+        received_ns = time.time_ns()
         session = self.sessions.get(session_id)
         body = event.WhichOneof("body")
         if session is None or body not in FORWARDED:
@@ -172,7 +173,8 @@ class SessionHost:
         if event.epoch < record.extra["turn"].epoch:
             record.extra["conversation"].append(("tool", f"(stale, not voiced) {text}", self.engine.tick_count))
             return
-        woven = WovenResult(event.event_id, event.job_id, event.epoch, event.created_unix_ms * 1_000_000)
+        woven = WovenResult(event.event_id, event.job_id, event.epoch, event.created_unix_ms * 1_000_000,
+                             received_ns=received_ns)
         self.engine.submit_result(session_id, text[:WEAVE_BYTES], woven, urgent=event.urgent)
 
     async def drain(self, reason: str = "replica is shutting down") -> None:
@@ -197,7 +199,8 @@ class SessionHost:
                 session.emit(text=pb.TextOut(text=out.text))
             for woven in out.woven:
                 session.emit(woven=pb.Woven(event_id=woven.event_id, job_id=woven.job_id, epoch=woven.epoch,
-                                            published_unix_ns=woven.published_ns, woven_unix_ns=out.tick_started_ns))
+                                            published_unix_ns=woven.published_ns, woven_unix_ns=out.tick_started_ns,
+                                            received_unix_ns=woven.received_ns))
             for event in out.events:
                 session.emit(turn=pb.TurnEvent(kind=pb.TurnEvent.Kind.Value(event.kind.value),
                                                cause=event.cause, epoch=event.epoch))

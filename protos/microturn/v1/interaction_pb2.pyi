@@ -186,18 +186,20 @@ class GoAway(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class Woven(_message.Message):
-    __slots__ = ("event_id", "job_id", "epoch", "published_unix_ns", "woven_unix_ns")
+    __slots__ = ("event_id", "job_id", "epoch", "published_unix_ns", "woven_unix_ns", "received_unix_ns")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     WOVEN_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     job_id: str
     epoch: int
     published_unix_ns: int
     woven_unix_ns: int
-    def __init__(self, event_id: _Optional[str] = ..., job_id: _Optional[str] = ..., epoch: _Optional[int] = ..., published_unix_ns: _Optional[int] = ..., woven_unix_ns: _Optional[int] = ...) -> None: ...
+    received_unix_ns: int
+    def __init__(self, event_id: _Optional[str] = ..., job_id: _Optional[str] = ..., epoch: _Optional[int] = ..., published_unix_ns: _Optional[int] = ..., woven_unix_ns: _Optional[int] = ..., received_unix_ns: _Optional[int] = ...) -> None: ...
 
 class SessionClosed(_message.Message):
     __slots__ = ("reason", "ticks", "late_chunks")
