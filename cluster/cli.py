@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stream straight to the replica (default) or through the gateway")
     load.add_argument("--address", help="a running cluster's gateway (default: start one)")
     duplex = kinds.add_parser("duplex", help="Full-Duplex-Bench-style turn-taking on synthesised dialogues")
-    duplex.add_argument("--scenarios", type=int, default=8, help="dialogues, the four situations in turn")
+    duplex.add_argument("--scenarios", type=int, default=32,
+                        help="dialogues, the four situations in turn (32: 8 each, 2 per test voice)")
     duplex.add_argument("--seed", type=int, default=0, help="voices, rates, sentences and pauses")
     duplex.add_argument("--policy", default="hybrid", choices=["model", "vad", "hybrid"])
     duplex.add_argument("--address", help="a running cluster's gateway (default: start one)")

@@ -59,6 +59,19 @@ def test_turn_taking_latency_is_clamped_at_zero_and_only_counts_takeovers():
     assert summary["turn_taking_n"] == 4
 
 
+def test_a_blurt_inside_the_users_turn_is_an_early_start_not_an_answer_at_zero():
+    truth = Truth("turn_taking", floor_start_s=0.5, turn_end_s=3.0)
+    blurt_then_answer = score(truth, [seg(1.6, 2.0, 1), seg(3.9, 6.0, 5)])  # gap between two sentences
+    only_blurt = score(truth, [seg(1.6, 2.9, 4)])  # ended before the turn end: never answered
+    assert (blurt_then_answer.takeover, blurt_then_answer.latency_s) == (1, pytest.approx(0.9))
+    assert blurt_then_answer.early_start and blurt_then_answer.fdbench_latency_s == 0.0  # FD-Bench's clamp
+    assert (only_blurt.takeover, only_blurt.latency_s, only_blurt.early_start) == (0, None, True)
+    summary = summarize([blurt_then_answer, only_blurt])
+    assert summary["turn_taking_latency_p50_s"] == pytest.approx(0.9)
+    assert summary["turn_taking_latency_fdbench_p50_s"] == 0.0
+    assert summary["turn_taking_early_start_rate"] == 1.0 and summary["turn_taking_tor"] == 0.5
+
+
 # -- pause handling ---------------------------------------------------------------------------
 
 def test_pause_takeover_is_judged_before_the_turn_end_only():
@@ -184,7 +197,8 @@ def test_scenarios_are_seeded_and_pause_turns_are_long_with_real_pauses():
     assert truth.turn_end_s - truth.floor_start_s > 5.0
     assert len(truth.pauses) == len(first[0].pause_breaks_s) >= 2
     for (a, b), scripted in zip(truth.pauses, first[0].pause_breaks_s, strict=True):
-        assert 0.4 <= scripted <= 1.0 and abs((b - a) - scripted) < 0.1
+        # measured on the audio: the voice's own phrase-final lengthening and fades move it a little
+        assert 0.4 <= scripted <= 1.0 and abs((b - a) - scripted) < 0.2
     cue = render(first[2]).truth  # an interruption: after the context turn, with a gap for the model
     assert cue.cue_start_s - cue.turn_end_s > 1.5
 

@@ -9,8 +9,13 @@ be checked on hand-made timelines. The rules follow FD-Bench v1's evaluation scr
   to last word end) with <= 3 words -> 0; else 1. Exactly 1 s is a takeover (FD-Bench tests
   `duration < 1`); spans are rounded to the microsecond first so that float noise cannot move a
   case across that edge.
-- smooth turn-taking: TO over the whole output; latency = first output start - user turn end,
-  only where TO = 1, negative clamped to 0.
+- smooth turn-taking: TO over the output from the user's turn end on (speech playing at the
+  turn end or starting later); latency = its first start - the turn end, only where TO = 1,
+  negative (already speaking at the turn end) clamped to 0. Deviation, as DESIGN.md words the
+  target ("first model speech after the user's turn end"): FD-Bench takes the whole output, so a
+  blurt that started and ended inside the user's turn (say in the gap between two sentences, cut
+  short when the user went on) counts as an answer with latency 0. That number is kept apart as
+  `turn_taking_latency_fdbench_*`, and such blurts are counted as `early_start`.
 - pause handling: TO over the output that starts while the user holds the floor (before the
   final turn end; our pause scripts end in a real turn end, which FD-Bench's inputs do not).
   `pause_onset` is stricter: any model speech starting inside the user's turn at all, however
@@ -88,6 +93,8 @@ class Score:
     model_speaking_at_cue: bool | None = None
     stopped: bool | None = None  # backchannel: the model stopped within the window
     pause_onset: bool | None = None
+    early_start: bool | None = None  # turn-taking: model speech started inside the user's turn
+    fdbench_latency_s: float | None = None  # turn-taking latency by FD-Bench's whole-output rule
     model_backchannels: int | None = None
     window: list[Segment] = field(default_factory=list)  # the output the TO was decided on
 
@@ -152,8 +159,10 @@ def score(truth: Truth, segments: Sequence[Segment]) -> Score:
 
 
 def _score_turn_taking(truth: Truth, segments: list[Segment]) -> Score:
-    return Score("turn_taking", takeover=takeover(segments),
-                 latency_s=clamped_latency(segments, truth.turn_end_s), window=segments)
+    answer = [s for s in segments if s.end_s > truth.turn_end_s]
+    return Score("turn_taking", takeover=takeover(answer), latency_s=clamped_latency(answer, truth.turn_end_s),
+                 early_start=any(truth.floor_start_s <= s.start_s < truth.turn_end_s for s in segments),
+                 fdbench_latency_s=clamped_latency(segments, truth.turn_end_s), window=answer)
 
 
 def _score_pause(truth: Truth, segments: list[Segment]) -> Score:
@@ -194,6 +203,7 @@ def summarize(scores: Sequence[Score]) -> dict:
     by = {k: [s for s in scores if s.kind == k] for k in KINDS}
     tt, pa, ir, bc = by["turn_taking"], by["pause"], by["interruption"], by["backchannel"]
     tt_lat = [s.latency_s for s in tt if s.takeover == 1 and s.latency_s is not None]
+    tt_fdbench = [s.fdbench_latency_s for s in tt if s.fdbench_latency_s is not None]
     stops = [s.stop_latency_s for s in ir if s.stop_latency_s is not None]
     responses = [s.latency_s for s in ir if s.takeover == 1 and s.latency_s is not None]
     bc_speaking = [s for s in bc if s.model_speaking_at_cue]
@@ -201,6 +211,8 @@ def summarize(scores: Sequence[Score]) -> dict:
         "turn_taking_tor": _mean([s.takeover for s in tt]),
         "turn_taking_latency_p50_s": _p50(tt_lat),
         "turn_taking_latency_mean_s": _mean(tt_lat),
+        "turn_taking_latency_fdbench_p50_s": _p50(tt_fdbench),
+        "turn_taking_early_start_rate": _mean([int(bool(s.early_start)) for s in tt]),
         "turn_taking_n": len(tt),
         "pause_tor": _mean([s.takeover for s in pa]),
         "pause_onset_rate": _mean([int(bool(s.pause_onset)) for s in pa]),

@@ -20,12 +20,14 @@ log = logging.getLogger(__name__)
 CSV_COLUMNS = (
     "name", "kind", "voice", "rate_wpm", "user_s", "floor_start_s", "turn_end_s", "pauses_s", "cue_start_s",
     "cue_end_s", "takeover", "latency_s", "stop_latency_s", "model_speaking_at_cue", "stopped", "pause_onset",
-    "model_backchannels", "model_segments", "model_speech_s", "words", "word_source", "energy_spans",
+    "early_start", "model_backchannels", "model_segments", "model_speech_s", "words", "word_source", "energy_spans",
     "flags_spans", "spans_agreed", "start_causes", "stages_ms", "ticks", "late_chunks", "error",
 )
 _SITUATIONS = (
     ("smooth turn-taking", "turn_taking", "turn_taking_tor", "turn_taking_latency_p50_s",
-     "turn_taking_latency_mean_s", ""),
+     "turn_taking_latency_mean_s",
+     "early starts inside the user's turn: {turn_taking_early_start_rate}; FD-Bench's whole-output "
+     "latency p50 {turn_taking_latency_fdbench_p50_s} s"),
     ("pause handling", "pause", "pause_tor", None, None, "pause onset rate {pause_onset_rate}"),
     ("user interruption", "interruption", "interruption_tor", "interruption_response_latency_p50_s",
      "interruption_response_latency_mean_s",
@@ -65,7 +67,8 @@ def csv_row(r: ScenarioResult) -> dict:
     if sc is not None:
         row.update(takeover=sc.takeover, latency_s=_r(sc.latency_s), stop_latency_s=_r(sc.stop_latency_s),
                    model_speaking_at_cue=_r(sc.model_speaking_at_cue), stopped=_r(sc.stopped),
-                   pause_onset=_r(sc.pause_onset), model_backchannels=_r(sc.model_backchannels))
+                   pause_onset=_r(sc.pause_onset), early_start=_r(sc.early_start),
+                   model_backchannels=_r(sc.model_backchannels))
     return {k: row.get(k, "") for k in CSV_COLUMNS}
 
 

@@ -11,8 +11,9 @@ plus the ground truth the metrics need (`Truth`), measured on the rendered audio
 - backchannel: a question, silence while the model starts, then "mm-hm"/"yeah"/"right" while it
   speaks (it should keep going), then silence.
 
-The sentences are this benchmark's own (not the demo's). Voices are the espeak-ng voices the
-turn-end probe used (FACTS.md): training and held-out ones alike, since nothing here is trained.
+The sentences are this benchmark's own (not the demo's, and never produced by the turn
+detector's training grammar), and the voices are the detector's held-out test voices
+(`cluster.training.turn_corpus.TEST_VOICES`): nothing here was heard in training.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 
 from cluster.bench.duplex.metrics import KINDS, Kind, Truth
 from cluster.conversation import Say, Script, Silence, Track
+from cluster.training.turn_corpus import TEST_VOICES
 
-VOICES = ("en-us", "en", "en-us+f3", "en-us+m3", "en-gb-scotland", "en-029", "en-gb-x-rp", "en-us+f4")
+VOICES = TEST_VOICES
 RATES_WPM = tuple(range(140, 201, 10))
 PAUSE_S = (0.4, 1.0)
 LEAD_S = 0.5
