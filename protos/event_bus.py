@@ -66,9 +66,10 @@ class EventBus:
             args=[EVENTS_MAXLEN, event.SerializeToString(), IDEMPOTENCY_TTL_S])
         return (entry_id.decode() if isinstance(entry_id, bytes) else entry_id), bool(duplicate)
 
-    async def read(self, streams: dict[str, str], block_ms: int = 100,
+    async def read(self, streams: dict[str, str], block_ms: int | None = 100,
                    count: int = 100) -> list[tuple[str, str, events_pb2.Event]]:
-        """One read over several sessions: {session_id: after_id} -> [(session_id, id, event)]."""
+        """One read over several sessions: {session_id: after_id} -> [(session_id, id, event)].
+        `block_ms=None` returns at once with what is there."""
         if not streams:
             return []
         reply = await self.redis.xread({events_stream(s): after or "0-0" for s, after in streams.items()},

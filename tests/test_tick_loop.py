@@ -33,6 +33,22 @@ def test_ticks_start_on_the_wall_clock_grid(engine):
     assert all(len(outputs) == 1 and outputs[0].session_id == "s" for outputs in delivered)
 
 
+def test_before_tick_runs_before_every_tick_and_a_slow_one_does_not_hold_the_tick(engine):
+    calls, delivered = [], []
+    loop = TickLoop(engine, period_ms=100, deliver=delivered.append)
+
+    async def slow_before_tick():
+        calls.append(engine.tick_count)
+        await asyncio.sleep(1.0)  # far past its budget
+
+    loop.before_tick = slow_before_tick
+    first_tick = engine.tick_count
+    stats = asyncio.run(loop.run(max_ticks=4))
+    assert calls == [first_tick + k for k in range(4)]  # once before each tick, before it ran
+    assert len(delivered) == 4 and stats.overruns == 0
+    assert max(stats.start_lag_ms) < 50  # the tick went on after BEFORE_TICK_BUDGET_S
+
+
 def test_overruns_are_counted_and_skipped_not_caught_up(engine):
     loop = TickLoop(engine, period_ms=2, deliver=lambda outputs: None)  # far shorter than a tick
     began = time.monotonic()

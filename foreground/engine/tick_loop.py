@@ -4,6 +4,10 @@ Tick k starts at `start + k * period`. The tick itself runs in a worker thread (
 releases the GIL), so the event loop keeps receiving chunks meanwhile. A session whose chunk
 has not arrived by the boundary gets silence (`late_chunks`).
 
+Just before each tick, `before_tick` (if set) may bring in what arrived meanwhile (the session
+host pulls published background results, so they make this tick); it gets a small time budget
+and the tick starts when it is spent, whatever it did.
+
 Overrun policy: when a tick ends after the next boundary, that boundary is missed (counted in
 `overruns`) and the loop waits for the first boundary still ahead. Ticks are never run back to
 back to catch up: clients stream in real time, so a burst of catch-up ticks would only empty
@@ -23,6 +27,8 @@ from dataclasses import dataclass, field
 from foreground.engine.tick_scheduler import SessionOutput, TickScheduler
 
 log = logging.getLogger(__name__)
+
+BEFORE_TICK_BUDGET_S = 0.01
 
 
 @dataclass
@@ -44,6 +50,7 @@ class TickLoop:
                  deliver: Callable[[list[SessionOutput]], Awaitable[None] | None]) -> None:
         self.engine, self.period = engine, period_ms / 1000.0
         self.deliver = deliver
+        self.before_tick: Callable[[], Awaitable[None]] | None = None
         self.stats = TickLoopStats()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tick")
         self._stopping = asyncio.Event()
@@ -74,6 +81,8 @@ class TickLoop:
                 await self._sleep_until(start + boundary * self.period)
                 if self._stopping.is_set():
                     break
+                if self.before_tick is not None:
+                    await self._run_before_tick()
                 began = time.monotonic()
                 outputs = await loop.run_in_executor(self._executor, self.engine.tick)
                 ended = time.monotonic()
@@ -91,6 +100,14 @@ class TickLoop:
         finally:
             self._executor.shutdown(wait=True)
         return self.stats
+
+    async def _run_before_tick(self) -> None:
+        try:
+            await asyncio.wait_for(self.before_tick(), timeout=BEFORE_TICK_BUDGET_S)
+        except TimeoutError:
+            log.debug("before_tick took over %.0f ms; ticking without waiting for it", BEFORE_TICK_BUDGET_S * 1000)
+        except Exception:
+            log.exception("before_tick failed; ticking anyway")
 
     async def _sleep_until(self, deadline: float) -> None:
         delay = deadline - time.monotonic()

@@ -69,6 +69,7 @@ class SessionHost:
         self._tasks = [asyncio.create_task(self.ticker.run(), name="ticks"),
                        asyncio.create_task(self._sweep(), name="sweeper")]
         if follower is not None:
+            self.ticker.before_tick = follower.catch_up
             self._tasks.append(asyncio.create_task(follower.run(), name="follower"))
 
     async def stop(self) -> None:
