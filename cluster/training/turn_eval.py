@@ -14,6 +14,12 @@ the moment, and the tick's own compute time (reported) comes on top.
   apart, for the short barge-in utterances ("Hold on, what about the moon?"), whose ends follow
   the model's interrupted turn;
 - interruption stop: user onset while the model speaks -> the first silent model chunk.
+
+Every number is also given per voice and per kind of turn end (`by_ending`: the main turn is a
+question or a statement). espeak-ng ends a question with the rise it puts before a comma (its
+last 0.4 s differ from the comma version's by ~1.2 semitones where a statement's fall differs
+by ~2.3), so the detector cannot tell a question's end from a mid-turn pause after a comma
+until the silence outlasts any pause; statements it takes at the first tick.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ LEAD_S, ANSWER_GAP_S, TAIL_S = 0.6, 2.0, 2.6
 @dataclass
 class Dialogue:
     voice: str
+    question: bool  # the main turn ends with "?"
     pcm16: np.ndarray
     pauses: list[tuple[int, int]]
     turn_ends: list[int]  # [the main turn's end, the barge-in's end]
@@ -62,12 +69,14 @@ def build_dialogues(voices: tuple[str, ...] = TEST_VOICES, seed: int = 0) -> lis
             plans.append((voice, turn, barge))
     requests = [SynthRequest(u.ssml(), u.voice, u.rate_wpm) for _, t, b in plans for u in (t, b)]
     audio = synthesize_fresh(requests, RATE)
-    return [_lay_out(voice, audio[2 * k], audio[2 * k + 1]) for k, (voice, _, _) in enumerate(plans)]
+    return [_lay_out(voice, turn.parts[-1].endswith("?"), audio[2 * k], audio[2 * k + 1])
+            for k, (voice, turn, _) in enumerate(plans)]
 
 
-def _lay_out(voice: str, turn: np.ndarray, barge: np.ndarray) -> Dialogue:
+def _lay_out(voice: str, question: bool, turn: np.ndarray, barge: np.ndarray) -> Dialogue:
     """[lead] turn [gap: the model answers] barge-in [tail]; ground truth from the audio."""
-    parts, dialogue, cursor = [], Dialogue(voice, np.zeros(0, np.int16), [], [], []), round(LEAD_S * RATE)
+    dialogue = Dialogue(voice, question, np.zeros(0, np.int16), [], [], [])
+    parts, cursor = [], round(LEAD_S * RATE)
     parts.append(np.zeros(cursor, np.float32))
     for audio, gap in ((turn, ANSWER_GAP_S), (barge, TAIL_S)):
         first, last, pauses = voiced_extent(audio, RATE)
@@ -149,11 +158,18 @@ def evaluate(checkpoint: Path | None = None, policies: tuple[str, ...] = ("vad",
         run = run_policy(model, dialogues, turn)
         summary = measure(dialogues, run["speech"])
         summary["tick_ms_p50"] = round(run["tick_ms_p50"], 1)
-        summary["by_voice"] = {v: measure([d for d in dialogues if d.voice == v],
-                                          run["speech"][[d.voice == v for d in dialogues]]) for v in voices}
+        summary["by_voice"] = {v: _measure_where(dialogues, run["speech"], lambda d, v=v: d.voice == v)
+                               for v in voices}
+        summary["by_ending"] = {name: _measure_where(dialogues, run["speech"], lambda d, q=q: d.question == q)
+                                for name, q in (("question", True), ("statement", False))}
         result["policies"][policy] = summary
-        log.info("%s: %s", policy, {k: v for k, v in summary.items() if k != "by_voice"})
+        log.info("%s: %s", policy, {k: v for k, v in summary.items() if not k.startswith("by_")})
     return result
+
+
+def _measure_where(dialogues: list[Dialogue], speech: np.ndarray, keep) -> dict:
+    mask = [bool(keep(d)) for d in dialogues]
+    return measure([d for d, m in zip(dialogues, mask, strict=True) if m], speech[mask])
 
 
 def main(argv: list[str] | None = None) -> int:
