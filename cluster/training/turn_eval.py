@@ -16,10 +16,10 @@ the moment, and the tick's own compute time (reported) comes on top.
 - interruption stop: user onset while the model speaks -> the first silent model chunk.
 
 Every number is also given per voice and per kind of turn end (`by_ending`: the main turn is a
-question or a statement). espeak-ng ends a question with the rise it puts before a comma (its
-last 0.4 s differ from the comma version's by ~1.2 semitones where a statement's fall differs
-by ~2.3), so the detector cannot tell a question's end from a mid-turn pause after a comma
-until the silence outlasts any pause; statements it takes at the first tick.
+question or a statement). espeak-ng ends a question with nearly the rise it puts before a comma
+(its last 0.4 s differ from the comma version's by ~1.2 semitones, a statement's fall by ~2.3),
+and across sentences and voices the two do not separate (README, "Learned turn-taking"), so
+question ends are where the detector waits longest, often until the silence outlasts any pause.
 """
 
 from __future__ import annotations
