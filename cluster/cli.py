@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     duplex.add_argument("--scenarios", type=int, default=32,
                         help="dialogues, the four situations in turn (32: 8 each, 2 per test voice)")
     duplex.add_argument("--seed", type=int, default=0, help="voices, rates, sentences and pauses")
-    duplex.add_argument("--policy", default="hybrid", choices=["model", "vad", "hybrid"])
+    duplex.add_argument("--policy", default="auto", choices=["auto", "model", "vad", "hybrid"],
+                        help="auto (default): what the cluster's config resolves to (model with a trained turn head)")
     duplex.add_argument("--address", help="a running cluster's gateway (default: start one)")
     duplex.add_argument("--concurrency", type=int, default=4, help="sessions streamed at a time")
     duplex.add_argument("--speech-source", default="energy", choices=["energy", "flags"],

@@ -56,7 +56,8 @@ class ForegroundConfig(Section):
     checkpoint: Path | None = Field(None, description="a checkpoint folder; unset: the seeded one")
     max_sessions: int = Field(64, gt=0, le=4096, description="preallocated slots per replica")
     tick_ms: int = Field(200, gt=0)
-    turn_policy: Literal["model", "vad", "hybrid"] = "hybrid"
+    turn_policy: Literal["auto", "model", "vad", "hybrid"] = Field(
+        "auto", description="auto: model with a trained turn head (the shipped default), else hybrid")
     kernels: Literal["invariant", "fast"] = Field(
         "invariant", description="batch-invariant matmuls (default) or plain ones (not reproducible)")
     replicas: int = Field(1, gt=0)

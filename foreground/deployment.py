@@ -29,7 +29,7 @@ from ray.serve.config import RequestRouterConfig
 from foreground.engine.percentiles import percentile
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_scheduler import TickScheduler
-from foreground.engine.turn_policy import TurnPolicyConfig
+from foreground.engine.turn_policy import TurnPolicyConfig, resolve_policy
 from foreground.model.checkpoint import ensure_seeded_checkpoint, load_checkpoint
 from foreground.serve.free_slot_router import FreeSlotRouter
 from foreground.serve.interaction_service import ReplicaInteractionService
@@ -56,7 +56,7 @@ class ReplicaSettings:
     max_sessions: int = 64
     preset: str = "tiny"
     checkpoint: str | None = None
-    turn_policy: str = "hybrid"
+    turn_policy: str = "auto"
     invariant_kernels: bool = True
     tick_ms: int = 200
     redis_url: str | None = None
@@ -81,7 +81,10 @@ class ForegroundReplica:
         self.bus = EventBus.from_url(settings.redis_url) if settings.redis_url else None
         jobs = RedisJobSink(JobStream(self.bus.redis), asyncio.get_running_loop()) if self.bus else None
         # A checkpoint with a trained end-of-turn detector (the seeded default ships one) says so.
-        turn = TurnPolicyConfig(policy=settings.turn_policy, head_calibrated=model.cfg.turn_head_calibrated)
+        calibrated = model.cfg.turn_head_calibrated
+        turn = TurnPolicyConfig(policy=resolve_policy(settings.turn_policy, calibrated), head_calibrated=calibrated)
+        log.info("turn policy %s (configured: %s; turn head %s)", turn.policy, settings.turn_policy,
+                 "trained" if calibrated else "seeded")
         engine = TickScheduler(model, settings.max_sessions, turn, jobs=jobs,
                                invariant_kernels=settings.invariant_kernels)
         self.server = grpc.aio.server()

@@ -10,7 +10,7 @@ def test_defaults_fit_a_laptop(monkeypatch):
     config = load_config()
     assert config.redis.url is None and config.ray.address is None
     assert config.foreground.tick_ms == 200
-    assert config.foreground.turn_policy == "hybrid"
+    assert config.foreground.turn_policy == "auto"
 
 
 def test_yaml_then_environment(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from foreground.engine.turn_policy import (
     TurnPolicy,
     TurnPolicyConfig,
     TurnState,
+    resolve_policy,
 )
 
 SPEECH, SILENCE = [0.9] * 6, [0.05] * 6
@@ -80,3 +81,11 @@ def test_delegation_fires_above_threshold_with_a_cooldown():
     state = TurnState()
     fired = [policy.decide(state, i, SILENCE, HEAD_LISTEN, 5.0).delegate for i in range(7)]
     assert fired == [True, False, False, True, False, False, True]
+
+
+def test_auto_is_the_model_with_a_trained_head_and_hybrid_without_one():
+    assert resolve_policy("auto", head_calibrated=True) == "model"
+    assert resolve_policy("auto", head_calibrated=False) == "hybrid"
+    for named in ("model", "vad", "hybrid"):  # a named policy is taken as it is
+        assert resolve_policy(named, head_calibrated=True) == named
+        assert resolve_policy(named, head_calibrated=False) == named

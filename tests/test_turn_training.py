@@ -13,11 +13,12 @@ from cluster.training.turn_data import featurize
 from cluster.training.turn_trainer import SIDECAR_FILE, TrainTurnsConfig, WindowSource, train_turns
 from foreground.engine.tick_scheduler import TickScheduler
 from foreground.engine.turn_policy import TurnEventKind as K
-from foreground.engine.turn_policy import TurnPolicy, TurnPolicyConfig, TurnState
+from foreground.engine.turn_policy import TurnPolicy, TurnPolicyConfig, TurnState, resolve_policy
 from foreground.model.checkpoint import (
     DETECTOR_PREFIX,
     MICROTURN_CONFIG,
     TRAINED_DETECTOR,
+    head_calibrated,
     load_checkpoint,
     write_seeded_checkpoint,
 )
@@ -129,6 +130,17 @@ def test_the_shipped_detector_is_merged_into_the_seeded_checkpoint_and_hears_tur
     # without the detector the seeded checkpoint still writes (uncalibrated)
     plain = load_checkpoint(write_seeded_checkpoint(tmp_path, "tiny", seed=0, trained_turns=False))
     assert not plain.cfg.turn_head_calibrated
+
+
+@pytest.mark.skipif(not TRAINED_DETECTOR.exists(), reason="no shipped detector weights")
+@pytest.mark.timeout(120)
+def test_auto_runs_the_model_policy_only_on_a_checkpoint_with_a_trained_detector(tmp_path):
+    trained = write_seeded_checkpoint(tmp_path / "trained", "tiny", seed=0)
+    plain = write_seeded_checkpoint(tmp_path / "plain", "tiny", seed=0, trained_turns=False)
+    assert head_calibrated(trained) and load_checkpoint(trained).cfg.turn_head_calibrated
+    assert not head_calibrated(plain) and not load_checkpoint(plain).cfg.turn_head_calibrated
+    assert resolve_policy("auto", head_calibrated(trained)) == "model"
+    assert resolve_policy("auto", head_calibrated(plain)) == "hybrid"
 
 
 SILENT, VOICED = [0.05] * 6, [0.9] * 6

@@ -3,9 +3,11 @@
 - `model`: the turn head alone decides (the announcement's intent).
 - `vad`: the Silero VAD on the user's stream decides everything: take a free floor after a
   silence threshold, stop as soon as the user speaks.
-- `hybrid` (the seeded default): the VAD guards the user's side (the model stops in the tick
-  the user starts and never starts over the user); the turn head decides when to take a free
-  floor, falling back to the silence threshold while the head is uncalibrated (seeded weights).
+- `hybrid`: the VAD guards the user's side (the model stops in the tick the user starts and
+  never starts over the user); the turn head decides when to take a free floor, falling back to
+  the silence threshold while the head is uncalibrated (seeded weights).
+- `auto` (the configured default, resolved once per replica by `resolve_policy`): `model` when
+  the checkpoint's turn head is trained, `hybrid` when it is not.
 
 With a calibrated checkpoint (`head_calibrated`: its end-of-turn detector was trained, see
 `foreground.model.turn_detector`), "the head" is the detector: its SPEECH logit > 0 says the user
@@ -30,6 +32,15 @@ log = logging.getLogger(__name__)
 LISTEN, SPEAK, BACKCHANNEL = 0, 1, 2  # turn head classes
 DETECTOR_SPEECH, DETECTOR_END = 0, 1  # turn detector logits (foreground.model.turn_detector)
 VAD_WINDOW_MS = 32.0
+
+
+def resolve_policy(requested: str, head_calibrated: bool) -> str:
+    """`auto` -> `model` with a trained turn head: the model decides by itself, as the
+    announcement intends, and measured it is at least as good as `hybrid` on every number
+    (README, "Learned turn-taking"). A seeded head cannot take turns, so `hybrid` stands in."""
+    if requested != "auto":
+        return requested
+    return "model" if head_calibrated else "hybrid"
 
 
 class TurnEventKind(str, Enum):

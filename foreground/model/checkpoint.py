@@ -164,6 +164,12 @@ def load_checkpoint(path: Path) -> InteractionModel:
     return model
 
 
+def head_calibrated(path: Path) -> bool:
+    """Whether the checkpoint's end-of-turn detector was trained (what `turn_policy: auto` reads),
+    without loading its weights."""
+    return bool(json.loads((Path(path) / MICROTURN_CONFIG).read_text()).get("turn_head_calibrated", False))
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -43,6 +43,8 @@ from cluster.client import InteractionClient
 from cluster.config import MicroturnConfig
 from cluster.conversation import ConversationRecording, measure, stream_script
 from cluster.runtime import LocalCluster
+from foreground.engine.turn_policy import resolve_policy
+from foreground.model.checkpoint import ensure_seeded_checkpoint, head_calibrated
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ class ScenarioResult:
     error: str | None = None
 
 
-async def run_duplex(config: MicroturnConfig, scenarios: int = 8, seed: int = 0, policy: str = "hybrid",
+async def run_duplex(config: MicroturnConfig, scenarios: int = 8, seed: int = 0, policy: str = "auto",
                      address: str | None = None, runs_root: Path = Path("runs"), concurrency: int = 4,
                      speech_source: str = "energy") -> dict:
     """Run the benchmark; write runs/bench-<stamp>/; return the JSON summary."""
@@ -85,6 +87,7 @@ async def run_duplex(config: MicroturnConfig, scenarios: int = 8, seed: int = 0,
     if speech_source not in SPEECH_SOURCES:
         raise ValueError(f"speech_source must be one of {sorted(SPEECH_SOURCES)} (got {speech_source!r})")
     started = time.monotonic()
+    policy = _resolved(policy, config, address)
     run_dir = new_bench_dir(runs_root)
     log.info("synthesising %d scenarios (seed %d) with espeak-ng", scenarios, seed)
     rendered = [render(s) for s in make_scenarios(scenarios, seed)]
@@ -135,6 +138,17 @@ async def _gateway(config: MicroturnConfig, address: str | None) -> AsyncIterato
         sys.setswitchinterval(switch)
 
 
+def _resolved(policy: str, config: MicroturnConfig, address: str | None) -> str:
+    """The policy the sessions will run, named for the report. `auto` against a running cluster
+    stays `auto` (its replicas resolve it); for the embedded one it is resolved here the way
+    the replica will (`foreground.engine.turn_policy.resolve_policy`)."""
+    if policy != "auto" or address:
+        return policy
+    fg = config.foreground
+    folder = fg.checkpoint or ensure_seeded_checkpoint(fg.preset)
+    return resolve_policy(fg.turn_policy, head_calibrated(folder))
+
+
 async def _stream_all(gateway: str, rendered: list[RenderedScenario], policy: str,
                       concurrency: int) -> list[tuple[ConversationRecording | None, str | None]]:
     gate = asyncio.Semaphore(max(1, concurrency))
@@ -145,7 +159,7 @@ async def _stream_all(gateway: str, rendered: list[RenderedScenario], policy: st
         async with gate:
             log.info("%s: streaming %.1f s of user audio", item.scenario.name, item.track.seconds)
             try:
-                async with client.session(turn_policy=policy) as session:
+                async with client.session(turn_policy=None if policy == "auto" else policy) as session:
                     recording = await stream_script(session, item.track, tail_s=TAIL_S)
                 outcome: tuple[ConversationRecording | None, str | None] = (recording, None)
             except Exception as e:  # one failing session must not hide the others
