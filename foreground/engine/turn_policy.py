@@ -36,8 +36,9 @@ VAD_WINDOW_MS = 32.0
 
 def resolve_policy(requested: str, head_calibrated: bool) -> str:
     """`auto` -> `model` with a trained turn head: the model decides by itself, as the
-    announcement intends, and measured it is at least as good as `hybrid` on every number
-    (README, "Learned turn-taking"). A seeded head cannot take turns, so `hybrid` stands in."""
+    announcement intends, and measured it answers and stops sooner than `hybrid` at the same
+    pause takeover (README, "Learned turn-taking"). A seeded head cannot take turns, so
+    `hybrid` stands in."""
     if requested != "auto":
         return requested
     return "model" if head_calibrated else "hybrid"
