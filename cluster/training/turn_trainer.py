@@ -204,9 +204,17 @@ def duration_neutral_weights(streams: TurnStreams, pairs: torch.Tensor, labels: 
     silence = streams.silence_s[pairs[:, 0], pairs[:, 1]]
     pauses = torch.tensor([(e.end - e.start) / RATE for e in streams.events if e.kind == PAUSING])
     longest = float(pauses.max()) if len(pauses) else 0.0
-    survive = (pauses[None, :] > silence[:, None]).float().mean(dim=1) if len(pauses) else torch.ones_like(silence)
+    survive = _share_longer(pauses, silence) if len(pauses) else torch.ones_like(silence)
     weight = torch.where(silence >= longest + PAUSE_MARGIN_S, torch.ones_like(silence), survive)
     return torch.where(labels == ENDED, weight, torch.ones_like(weight))
+
+
+def _share_longer(pauses: torch.Tensor, silence: torch.Tensor) -> torch.Tensor:
+    """For each silence length, the share of pauses strictly longer, by binary search: the
+    [samples x pauses] comparison it replaces took 11 GB at `--minutes 12`."""
+    ranked = pauses.sort().values
+    longer = len(ranked) - torch.searchsorted(ranked, silence, right=True)
+    return longer.float() / len(ranked)
 
 
 class DetectorLoss:
