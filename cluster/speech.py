@@ -90,7 +90,8 @@ _engine: _Espeak | None = None
 
 def synthesize(text: str, voice: str = "en-us", rate_wpm: int = 170,
                sample_rate: int = 16000) -> np.ndarray:
-    """Speak `text` (plain or SSML) with espeak-ng; mono float32 in [-1, 1] at `sample_rate`."""
+    """Speak `text` (plain or SSML) with espeak-ng (or flite/festival for `flite:NAME` and
+    `festival:NAME` voices); mono float32 in [-1, 1] at `sample_rate`."""
     return _synthesize_cached(text, voice, rate_wpm, sample_rate).copy()
 
 
@@ -110,8 +111,15 @@ def seed_espeak_random(seed: int) -> None:
         _engine.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
 
 
-def synthesize_native(text: str, voice: str = "en-us", rate_wpm: int = 170) -> tuple[np.ndarray, int]:
-    """espeak-ng's own output (float32) and its rate, uncached, for callers that resample."""
+def synthesize_native(text: str, voice: str = "en-us", rate_wpm: int = 170,
+                      pitch_percent: int = 0) -> tuple[np.ndarray, int]:
+    """The synthesiser's own output (float32) and its rate, uncached, for callers that resample.
+    `flite:NAME` and `festival:NAME` voices go to `cluster.synthesizers`; any other name is an
+    espeak-ng voice (whose pitch the SSML itself carries)."""
+    from cluster.synthesizers import is_external, synthesize_external
+
+    if is_external(voice):
+        return synthesize_external(text, voice, rate_wpm, pitch_percent)
     global _engine
     with _lock:
         if _engine is None:
