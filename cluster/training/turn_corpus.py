@@ -10,15 +10,24 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-# espeak-ng voice names as `espeak_SetVoiceByName` takes them ("en" is British English).
-# Training: the four voices of the FACTS.md probe plus espeak-ng variants of the same accents
-# (variants change pitch, formants and voice quality; more of them is what carries a detector
-# to unseen voices). Validation: accents and variants used nowhere else, for the threshold.
-# Test: the probe's held-out voices; neither their accents nor the f4 variant appear above.
-TRAIN_VOICES = ("en-us", "en", "en-us+f3", "en-us+m3", "en-us+f1", "en+m1", "en-us+m2", "en+f5",
-                "en-us+m6", "en+m7", "en-gb-x-gbcwmd", "en-gb-x-gbcwmd+f3", "en-gb-x-gbcwmd+m2", "en+f1")
-VALIDATION_VOICES = ("en-us-nyc", "en-gb-x-gbclan", "en+f2", "en-us+m5", "en-us-nyc+f5", "en-gb-x-gbclan+m3")
-TEST_VOICES = ("en-gb-scotland", "en-029", "en-gb-x-rp", "en-us+f4")
+# Voice names as `cluster.speech.synthesize` takes them: espeak-ng names ("en" is British
+# English), `flite:NAME` and `festival:NAME` (`cluster.synthesizers`).
+# Training: the four espeak-ng voices of the FACTS.md probe plus variants of the same accents
+# (variants change pitch, formants and voice quality), and three flite voices (a diphone and two
+# clustergen voices: other prosody models than espeak-ng's). Validation (the threshold and the
+# choice of a run): espeak-ng accents and variants used nowhere else, and flite's `slt`.
+# Test (benches, offline evaluation): espeak-ng's held-out accents of the probe and festival, a
+# synthesiser used nowhere else (its `kal_diphone` shares the recordings of flite's `kal`, its
+# HTS voice the speaker of flite's `slt`; the synthesis, and so the prosody, is festival's).
+ESPEAK_TRAIN_VOICES = ("en-us", "en", "en-us+f3", "en-us+m3", "en-us+f1", "en+m1", "en-us+m2", "en+f5",
+                       "en-us+m6", "en+m7", "en-gb-x-gbcwmd", "en-gb-x-gbcwmd+f3", "en-gb-x-gbcwmd+m2", "en+f1")
+FLITE_TRAIN_VOICES = ("flite:kal", "flite:awb", "flite:rms")
+TRAIN_VOICES = ESPEAK_TRAIN_VOICES + FLITE_TRAIN_VOICES
+VALIDATION_VOICES = ("en-us-nyc", "en-gb-x-gbclan", "en+f2", "en-us+m5", "en-us-nyc+f5", "en-gb-x-gbclan+m3",
+                     "flite:slt")
+ESPEAK_TEST_VOICES = ("en-gb-scotland", "en-029", "en-gb-x-rp", "en-us+f4")
+FESTIVAL_TEST_VOICES = ("festival:cmu_us_slt_arctic_hts", "festival:kal_diphone")
+TEST_VOICES = ESPEAK_TEST_VOICES + FESTIVAL_TEST_VOICES
 RATES_WPM = (140, 200)
 PITCH_PERCENT = (-25, 25)  # SSML prosody pitch: FACTS' trap 2 (a held-out voice failed without it)
 BREAK_S = (0.45, 0.95)
