@@ -44,11 +44,15 @@ def background(kind: str, n: int, rate: int, rng: np.random.Generator,
 def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float, voiced: np.ndarray | None = None) -> np.ndarray:
     """speech + noise scaled so that the speech's RMS over its voiced samples (a boolean mask;
     default: all) is `snr_db` above the noise's RMS."""
+    return (speech + noise[: len(speech)] * noise_gain(speech, noise, snr_db, voiced)).astype(np.float32)
+
+
+def noise_gain(speech: np.ndarray, noise: np.ndarray, snr_db: float, voiced: np.ndarray | None = None) -> float:
+    """The factor on `noise` that puts it `snr_db` below the speech's RMS over `voiced`."""
     ref = speech[voiced] if voiced is not None and voiced.any() else speech
     speech_rms = float(np.sqrt(np.mean(ref.astype(np.float64) ** 2))) if len(ref) else 0.0
     noise_rms = float(np.sqrt(np.mean(noise.astype(np.float64) ** 2))) or 1.0
-    scale = speech_rms / noise_rms * 10 ** (-snr_db / 20)
-    return (speech + noise[: len(speech)] * scale).astype(np.float32)
+    return speech_rms / noise_rms * 10 ** (-snr_db / 20)
 
 
 def reverberate(audio: np.ndarray, rate: int, rng: np.random.Generator, rt60_s: float, wet: float) -> np.ndarray:

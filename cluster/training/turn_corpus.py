@@ -67,7 +67,11 @@ _ADJUNCTS = (
 _CONNECTORS = ("and", "but", "so", "because", "although", "and then", "which means", "while")
 _FILLERS = ("well", "you know", "honestly", "I think", "actually", "so anyway")
 _QUESTION_HEADS = ("do you think", "can you tell me if", "would you say", "have you heard whether",
-                   "is it true that", "did you know that")
+                   "is it true that", "did you know that", "why do you think", "how come", "what would you do if",
+                   "when did you hear that", "where do you think", "who told you that", "is it normal that",
+                   "should I worry that", "could it be that", "how likely is it that")
+QUESTION_SHARE = 0.3  # sentences asked as questions
+SENTENCE_END_SHARE = 0.3  # joins inside a turn that end one sentence and start another
 
 # Held-out test sentences ("|" marks a mid-turn pause). Hand-written; not from the grammar above.
 TEST_TURNS = (
@@ -122,42 +126,60 @@ class SentenceGrammar:
         return f"{words} {r.choice(_ADJUNCTS)}" if r.random() < 0.5 else words
 
     def sentence_words(self) -> list[str]:
+        """One sentence, its last word punctuated: a statement, or (QUESTION_SHARE) a question."""
         r = self.rng
         text = self.clause()
         if r.random() < 0.6:
             text += f" {r.choice(_CONNECTORS)} {self.clause()}"
         if r.random() < 0.2:
             text = f"{r.choice(_FILLERS)}, {text}"
-        if r.random() < 0.2:
+        question = r.random() < QUESTION_SHARE
+        if question:
             text = f"{r.choice(_QUESTION_HEADS)} {text}"
-        return text.split()
+        words = text.split()
+        words[-1] += "?" if question else r.choice(_ENDINGS[:-1])
+        return words
 
     def utterance(self, voices: tuple[str, ...], max_breaks: int = 3) -> tuple[Utterance, Utterance | None]:
         """A turn of 1..max_breaks + 1 word groups with mid-turn pauses between them, and, when
         it pauses, a turn made of exactly the words before one of its pauses (FACTS.md trap 2).
 
+        Sentences inside a turn are joined by a connector or (SENTENCE_END_SHARE) end where the
+        next begins: the silence a synthesiser leaves there, and a pause after a sentence end,
+        are mid-turn pauses too (a sentence end is not a turn end: the bench's "early starts").
         Every group, whether a pause or the turn end follows it, has the same length
         distribution and follows a silence, so what precedes a pause and what precedes a turn
         end differ only in prosody: the window cannot tell them apart by a gap (trap 1)."""
         r = self.rng
         lengths = [r.randint(*GROUP_WORDS) for _ in range(r.randint(0, max_breaks) + 1)]
         words: list[str] = []
+        asks = False  # the last sentence begun is a question
         while len(words) < sum(lengths):
-            words += ([r.choice(_CONNECTORS)] if words else []) + self.sentence_words()
-        question = words[0] in {h.split()[0] for h in _QUESTION_HEADS} and r.random() < 0.8
+            sentence = self.sentence_words()
+            if words and r.random() < SENTENCE_END_SHARE:
+                sentence = _capitalise(sentence)
+            elif words:
+                words[-1] = words[-1].rstrip(".!?")
+                words.append(r.choice(_CONNECTORS))
+            asks = sentence[-1].endswith("?")
+            words += sentence
         parts, start = [], 0
         for n in lengths:
             parts.append(" ".join(words[start:start + n]))
             start += n
-        parts = [p + ("," if i < len(parts) - 1 and r.random() < 0.35 else "") for i, p in enumerate(parts)]
-        parts[-1] += "?" if question else r.choice(_ENDINGS)
+        parts = [p + ("," if i < len(parts) - 1 and p[-1].isalpha() and r.random() < 0.35 else "")
+                 for i, p in enumerate(parts)]
+        parts[-1] = parts[-1].rstrip(",")
+        if parts[-1][-1].isalpha():  # the turn ends inside its last sentence
+            parts[-1] += "?" if asks else r.choice(_ENDINGS[:-1])
         breaks = tuple(round(r.uniform(*BREAK_S), 2) for _ in parts[1:])
         turn = Utterance(tuple(_capitalise(parts)), breaks, *self.delivery(voices))
         matched = None
         if len(parts) > 1:
             words_before_pause = parts[r.randrange(len(parts) - 1)].rstrip(",")
-            matched = Utterance((_capitalise([words_before_pause])[0] + r.choice(_ENDINGS),), (),
-                                *self.delivery(voices))
+            if words_before_pause[-1].isalpha() or words_before_pause[-1] == "'":
+                words_before_pause += r.choice(_ENDINGS)
+            matched = Utterance((_capitalise([words_before_pause])[0],), (), *self.delivery(voices))
         return turn, matched
 
     def delivery(self, voices: tuple[str, ...]) -> tuple[str, int, int]:
@@ -173,4 +195,5 @@ def test_utterance(index: int, voice: str, rng: random.Random) -> Utterance:
 
 
 def _capitalise(parts: list[str]) -> list[str]:
+    """The first string's first letter upper-cased (a sentence or a turn starts there)."""
     return [parts[0][:1].upper() + parts[0][1:]] + list(parts[1:]) if parts else parts

@@ -23,6 +23,7 @@ import torch
 
 from cluster.conversation.script import voiced_extent
 from cluster.training.turn_corpus import Utterance
+from cluster.training.turn_scenes import SceneConfig, add_backgrounds, dress_utterance
 from cluster.training.turn_synth import SynthRequest, synthesize_fresh
 from foreground.model.audio_features import DMelFeaturizer
 from foreground.model.config import ModelConfig
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 RATE = 16_000
 GAP_AFTER_TURN_S = (1.0, 2.2)
 LEAD_S = (0.2, 0.6)
-GAIN_DB = (-12.0, 3.0)
+GAIN_DB = (-12.0, 3.0)  # clean streams (scenes=None); dressed ones: turn_scenes
+ROOM_TAIL = RATE * 3 // 10
 ONSET_MARGIN = 320  # samples of speech a frame needs before it counts as SPEAKING (20 ms)
 
 
@@ -59,6 +61,7 @@ class TurnStreams:
     event: torch.Tensor  # [S, T] int64: index into `events` (-1: none)
     events: list[Event] = field(default_factory=list)
     seconds: float = 0.0
+    scenes: list[str] = field(default_factory=list)  # what each stretch of the streams got
 
 
 @dataclass
@@ -71,14 +74,16 @@ class _Placed:
 
 
 def synthesize_utterances(utterances: list[Utterance]) -> list[np.ndarray]:
-    requests = [SynthRequest(u.ssml(), u.voice, u.rate_wpm) for u in utterances]
+    requests = [SynthRequest(u.ssml(), u.voice, u.rate_wpm, u.pitch_percent) for u in utterances]
     return synthesize_fresh(requests, RATE)
 
 
 def build_streams(utterances: list[Utterance], audio: list[np.ndarray], n_streams: int,
-                  model_cfg: ModelConfig, seed: int) -> TurnStreams:
-    """Lay the utterances out on `n_streams` streams, featurise and label them."""
+                  model_cfg: ModelConfig, seed: int, scenes: SceneConfig | None = None) -> TurnStreams:
+    """Lay the utterances out on `n_streams` streams, dress them in `scenes` (levels, rooms,
+    backgrounds: `turn_scenes`; None: clean, at random levels), featurise and label them."""
     rng = random.Random(seed)
+    np_rng = np.random.default_rng(seed)
     order = list(range(len(utterances)))
     rng.shuffle(order)
     tracks: list[list[_Placed]] = [[] for _ in range(n_streams)]
@@ -89,8 +94,11 @@ def build_streams(utterances: list[Utterance], audio: list[np.ndarray], n_stream
         first, last, pauses = voiced_extent(a, RATE)
         if last <= first:
             continue
-        gain = 10 ** (rng.uniform(*GAIN_DB) / 20)
-        clip = a[: last + 160] * gain
+        if scenes is None:
+            clip = a[: last + 160] * 10 ** (rng.uniform(*GAIN_DB) / 20)
+        else:  # room tails ring on into the silence after the turn
+            clip = dress_utterance(np.concatenate([a[: last + 160], np.zeros(ROOM_TAIL, np.float32)]),
+                                   RATE, np_rng, scenes)
         bounds = [first] + [x for p in pauses for x in p] + [last]
         segments = [(cursor[s] + bounds[j], cursor[s] + bounds[j + 1]) for j in range(0, len(bounds), 2)]
         endings = [part.strip()[-1] for part in utterances[i].parts]
@@ -102,13 +110,19 @@ def build_streams(utterances: list[Utterance], audio: list[np.ndarray], n_stream
     tick = audio_cfg.input_samples_per_tick
     total = -(-max(cursor) // tick) * tick
     pcm = np.zeros((n_streams, total), np.float32)
+    voiced = np.zeros((n_streams, total), bool)
     for s, placed in enumerate(tracks):
         for p in placed:
             pcm[s, p.start: p.start + len(p.audio)] += p.audio
+            for a, b in p.segments:
+                voiced[s, a:b] = True
+    scene_names = add_backgrounds(pcm, voiced, RATE, np_rng, audio, scenes) if scenes is not None else []
+    del voiced
     pcm16 = np.clip(np.round(pcm * 32767.0), -32768, 32767).astype(np.int16)
     log_mel, pitch = featurize(pcm16, model_cfg)
     labels, silence, event, events = _label(tracks, total, audio_cfg.hop_in, audio_cfg.n_fft_in)
-    return TurnStreams(log_mel, pitch, labels, silence, event, events, seconds=n_streams * total / RATE)
+    return TurnStreams(log_mel, pitch, labels, silence, event, events, seconds=n_streams * total / RATE,
+                       scenes=scene_names)
 
 
 def featurize(pcm16: np.ndarray, model_cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:

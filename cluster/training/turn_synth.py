@@ -1,4 +1,4 @@
-"""espeak-ng synthesis for training data: reproducible and fast.
+"""Speech synthesis for training data (espeak-ng, flite): reproducible and fast.
 
 espeak-ng carries state from one utterance to the next (the same text comes out a few samples
 different on a later call; `espeak_ng_SetRandSeed` does not reset it). Given the same history
@@ -31,6 +31,7 @@ class SynthRequest:
     ssml: str
     voice: str
     rate_wpm: int
+    pitch_percent: int = 0  # flite's own pitch setting (espeak-ng reads it from the SSML)
 
 
 class PolyphaseResampler:
@@ -69,13 +70,14 @@ class PolyphaseResampler:
 def synthesize_here(requests: list[SynthRequest], sample_rate: int) -> list[np.ndarray]:
     """In this process (its espeak-ng history counts): what the fresh worker runs. Voices with
     breath noise (variants f2, f3, f5, ...) draw from espeak-ng's random generator, seeded from
-    the clock unless set: it is set before every utterance."""
+    the clock unless set: it is set before every utterance. flite and festival voices run as
+    programs of their own (`cluster.synthesizers`) and carry no state."""
     from cluster.speech import seed_espeak_random, synthesize_native
 
     out, resamplers = [], {}
     for req in requests:
         seed_espeak_random(0)
-        pcm, native_rate = synthesize_native(req.ssml, req.voice, req.rate_wpm)
+        pcm, native_rate = synthesize_native(req.ssml, req.voice, req.rate_wpm, req.pitch_percent)
         if native_rate not in resamplers:
             resamplers[native_rate] = PolyphaseResampler(native_rate, sample_rate)
         out.append(resamplers[native_rate](pcm))

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from cluster.training.turn_calibration import choose_offset, onset_detection
 from cluster.training.turn_corpus import TRAIN_VOICES, VALIDATION_VOICES, SentenceGrammar, Utterance
 from cluster.training.turn_data import RATE, TurnStreams, build_streams, synthesize_utterances
+from cluster.training.turn_scenes import SceneConfig
 from foreground.model.checkpoint import (
     DETECTOR_PREFIX,
     init_turn_detector,
@@ -55,6 +56,7 @@ class TrainTurnsConfig:
     steps_per_minute: int = 1800  # measured: ~45 steps/s on one thread of this 2-core machine
     validation_utterances: int = 120
     streams: int = 32
+    acoustic_scenes: bool = True  # levels, rooms, backgrounds, telephone band (`turn_scenes`)
 
     @property
     def utterances(self) -> int:
@@ -95,8 +97,9 @@ def train_turns(out_dir: Path, cfg: TrainTurnsConfig = TrainTurnsConfig()) -> Tr
     log.info("synthesising %d training and %d validation utterances (espeak-ng, fresh process)",
              len(train_utts), len(val_utts))
     audio = synthesize_utterances(train_utts + val_utts)
-    train = build_streams(train_utts, audio[: len(train_utts)], cfg.streams, model_cfg, cfg.seed)
-    val = build_streams(val_utts, audio[len(train_utts):], cfg.streams, model_cfg, cfg.seed + 1)
+    scenes = SceneConfig() if cfg.acoustic_scenes else None
+    train = build_streams(train_utts, audio[: len(train_utts)], cfg.streams, model_cfg, cfg.seed, scenes)
+    val = build_streams(val_utts, audio[len(train_utts):], cfg.streams, model_cfg, cfg.seed + 1, scenes)
     data_s = time.monotonic() - started
     log.info("data: %.0f s of training audio, %.0f s of validation audio, ready in %.1f s",
              train.seconds, val.seconds, data_s)
@@ -118,6 +121,8 @@ def train_turns(out_dir: Path, cfg: TrainTurnsConfig = TrainTurnsConfig()) -> Tr
         "command": f"microturn train turns --minutes {cfg.minutes:g} --seed {cfg.seed}",
         "config": asdict(cfg),
         "voices": {"train": list(TRAIN_VOICES), "validation": list(VALIDATION_VOICES)},
+        "scenes": {"config": asdict(scenes) if scenes else None, "validation": _count(val.scenes),
+                   "train": _count(train.scenes)},
         "data": {"train_utterances": len(train_utts), "validation_utterances": len(val_utts),
                  "train_audio_s": round(train.seconds, 1), "validation_audio_s": round(val.seconds, 1)},
         "validation": {"chosen": chosen.to_json(), **onset_detection(val_logits, val, a.hop_in, a.frames_per_tick),
@@ -130,6 +135,16 @@ def train_turns(out_dir: Path, cfg: TrainTurnsConfig = TrainTurnsConfig()) -> Tr
              "wrote %s in %.0f s", chosen.pause_takeover, chosen.turn_end_latency_p50_s,
              chosen.taken_within_0_3_s, checkpoint, report["seconds"]["total"])
     return TrainResult(checkpoint, detector, report)
+
+
+def _count(scenes: list[str]) -> dict[str, int]:
+    """How many stretches got each kind of background ("pink@12dB+tel" counts as pink, +tel)."""
+    out: dict[str, int] = {}
+    for name in scenes:
+        for key in (name.split("@")[0].split("+")[0], "telephone" if name.endswith("+tel") else None):
+            if key:
+                out[key] = out.get(key, 0) + 1
+    return out
 
 
 def samples(streams: TurnStreams) -> torch.Tensor:

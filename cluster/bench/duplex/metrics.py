@@ -32,6 +32,16 @@ be checked on hand-made timelines. The rules follow FD-Bench v1's evaluation scr
   takeover; else < 1 s with <= 2 words -> a model backchannel (not a takeover); else takeover.
   Deviation: FD-Bench's loop lets a later short segment overwrite an earlier segment's verdict
   (only a > 3 s segment stops the loop); here any takeover segment makes TO = 1.
+  `kept` (FD-Bench v1.5 "user backchannel"): where the model spoke at the backchannel onset,
+  was it speaking `KEEP_AFTER_S` after the backchannel ended? Any segment covering that moment
+  counts, so an engine that holds its audio for a few ticks on an onset and resumes (its segment
+  ends at the onset, a new one starts 0.2-0.6 s later) keeps; one that yielded does not. Such a
+  hold also ends the playing segment, so `stopped` counts holds too: read `kept`.
+- early starts (`early_start`, every scenario with a turn end to answer: turn-taking,
+  interruption and backchannel context turns): model speech that begins inside the user's turn
+  (floor start <= start < turn end), a blurt between sentences of one turn.
+- turn-taking scenarios end in a question or a statement (`Truth.ending`); their latencies are
+  also reported apart, since a rising question end sounds like a mid-turn pause to a detector.
 """
 
 from __future__ import annotations
@@ -45,12 +55,15 @@ from foreground.engine.percentiles import percentile
 
 Kind = Literal["pause", "turn_taking", "interruption", "backchannel"]
 KINDS: tuple[Kind, ...] = ("pause", "turn_taking", "interruption", "backchannel")
+Ending = Literal["question", "statement"]
+ENDINGS: tuple[Ending, ...] = ("question", "statement")
 
 TAKEOVER_MIN_SPAN_S = 1.0  # FD-Bench turn_duration_threshold
 TAKEOVER_MAX_WORDS = 3  # FD-Bench turn_num_words_threshold
 BACKCHANNEL_MAX_SPAN_S = 3.0  # eval_backchannel time_threshold: longer is formal speech
 BACKCHANNEL_MAX_WORDS = 2
 BACKCHANNEL_STOP_WINDOW_S = 1.0
+KEEP_AFTER_S = 0.5  # FD-Bench v1.5: still speaking this long after the user's backchannel ended
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ class Truth:
 
     `turn_end_s` is the user turn end the model should answer (pause: the end of the long turn;
     interruption: the end of the context turn; backchannel: the end of the lead-in); `cue_*` is
-    the interruption or the backchannel."""
+    the interruption or the backchannel; `ending` says how a turn-taking turn ends."""
 
     kind: Kind
     floor_start_s: float
@@ -80,6 +93,7 @@ class Truth:
     pauses: tuple[tuple[float, float], ...] = ()
     cue_start_s: float | None = None
     cue_end_s: float | None = None
+    ending: Ending | None = None
 
 
 @dataclass
@@ -92,8 +106,10 @@ class Score:
     stop_latency_s: float | None = None  # interruption / backchannel: model speech end - cue onset
     model_speaking_at_cue: bool | None = None
     stopped: bool | None = None  # backchannel: the model stopped within the window
+    kept: bool | None = None  # backchannel: still speaking KEEP_AFTER_S after the backchannel ended
     pause_onset: bool | None = None
-    early_start: bool | None = None  # turn-taking: model speech started inside the user's turn
+    early_start: bool | None = None  # model speech started inside the user's turn (not pause)
+    ending: Ending | None = None  # turn-taking: the user's turn ended in a question or a statement
     fdbench_latency_s: float | None = None  # turn-taking latency by FD-Bench's whole-output rule
     model_backchannels: int | None = None
     window: list[Segment] = field(default_factory=list)  # the output the TO was decided on
@@ -153,6 +169,11 @@ def playing_at(segments: Sequence[Segment], t: float) -> Segment | None:
     return next((s for s in segments if s.start_s <= t < s.end_s), None)
 
 
+def early_start(truth: Truth, segments: Sequence[Segment]) -> bool:
+    """Model speech began inside the user's turn (a blurt before the turn end it should answer)."""
+    return any(truth.floor_start_s <= s.start_s < truth.turn_end_s for s in segments)
+
+
 def score(truth: Truth, segments: Sequence[Segment]) -> Score:
     segments = sorted(segments, key=lambda s: s.start_s)
     return _SCORERS[truth.kind](truth, segments)
@@ -161,7 +182,7 @@ def score(truth: Truth, segments: Sequence[Segment]) -> Score:
 def _score_turn_taking(truth: Truth, segments: list[Segment]) -> Score:
     answer = [s for s in segments if s.end_s > truth.turn_end_s]
     return Score("turn_taking", takeover=takeover(answer), latency_s=clamped_latency(answer, truth.turn_end_s),
-                 early_start=any(truth.floor_start_s <= s.start_s < truth.turn_end_s for s in segments),
+                 early_start=early_start(truth, segments), ending=truth.ending,
                  fdbench_latency_s=clamped_latency(segments, truth.turn_end_s), window=answer)
 
 
@@ -177,18 +198,21 @@ def _score_interruption(truth: Truth, segments: list[Segment]) -> Score:
     after = crop(segments, truth.cue_end_s)
     return Score("interruption", takeover=takeover(after), latency_s=clamped_latency(after, truth.cue_end_s),
                  stop_latency_s=round(playing.end_s - truth.cue_start_s, 6) if playing else None,
-                 model_speaking_at_cue=playing is not None, window=after)
+                 model_speaking_at_cue=playing is not None, early_start=early_start(truth, segments),
+                 window=after)
 
 
 def _score_backchannel(truth: Truth, segments: list[Segment]) -> Score:
-    assert truth.cue_start_s is not None, "a backchannel needs its cue"
+    assert truth.cue_start_s is not None and truth.cue_end_s is not None, "a backchannel needs its cue"
     playing = playing_at(segments, truth.cue_start_s)
+    kept = playing_at(segments, truth.cue_end_s + KEEP_AFTER_S) is not None if playing else None
     stop = round(playing.end_s - truth.cue_start_s, 6) if playing else None
     window = [s for s in segments if s.start_s < truth.turn_end_s]
     verdicts = [backchannel_segment_takeover(s) for s in window]  # FD-Bench: every VAD segment
     return Score("backchannel", takeover=int(any(verdicts)), stop_latency_s=stop,
                  model_speaking_at_cue=playing is not None,
-                 stopped=None if stop is None else stop <= BACKCHANNEL_STOP_WINDOW_S,
+                 stopped=None if stop is None else stop <= BACKCHANNEL_STOP_WINDOW_S, kept=kept,
+                 early_start=early_start(truth, segments),
                  model_backchannels=sum(1 for v in verdicts if v == 0), window=window)
 
 
@@ -202,7 +226,9 @@ def summarize(scores: Sequence[Score]) -> dict:
     """TOR and latencies per situation, as FD-Bench reports them (mean) plus p50 (nearest rank)."""
     by = {k: [s for s in scores if s.kind == k] for k in KINDS}
     tt, pa, ir, bc = by["turn_taking"], by["pause"], by["interruption"], by["backchannel"]
-    tt_lat = [s.latency_s for s in tt if s.takeover == 1 and s.latency_s is not None]
+    tt_lat = _latencies(tt)
+    by_ending = {e: [s for s in tt if s.ending == e] for e in ENDINGS}
+    answerable = tt + ir + bc
     tt_fdbench = [s.fdbench_latency_s for s in tt if s.fdbench_latency_s is not None]
     stops = [s.stop_latency_s for s in ir if s.stop_latency_s is not None]
     responses = [s.latency_s for s in ir if s.takeover == 1 and s.latency_s is not None]
@@ -214,6 +240,14 @@ def summarize(scores: Sequence[Score]) -> dict:
         "turn_taking_latency_fdbench_p50_s": _p50(tt_fdbench),
         "turn_taking_early_start_rate": _mean([int(bool(s.early_start)) for s in tt]),
         "turn_taking_n": len(tt),
+        "question_latency_p50_s": _p50(_latencies(by_ending["question"])),
+        "question_tor": _mean([s.takeover for s in by_ending["question"]]),
+        "question_n": len(by_ending["question"]),
+        "statement_latency_p50_s": _p50(_latencies(by_ending["statement"])),
+        "statement_tor": _mean([s.takeover for s in by_ending["statement"]]),
+        "statement_n": len(by_ending["statement"]),
+        "early_start_rate": _mean([int(bool(s.early_start)) for s in answerable]),
+        "early_start_n": sum(1 for s in answerable if s.early_start),
         "pause_tor": _mean([s.takeover for s in pa]),
         "pause_onset_rate": _mean([int(bool(s.pause_onset)) for s in pa]),
         "pause_n": len(pa),
@@ -225,12 +259,18 @@ def summarize(scores: Sequence[Score]) -> dict:
         "interruption_model_silent_at_onset": sum(1 for s in ir if s.model_speaking_at_cue is False),
         "interruption_n": len(ir),
         "backchannel_tor": _mean([s.takeover for s in bc]),
+        "backchannel_keep_rate": _mean([int(bool(s.kept)) for s in bc_speaking]),
         "backchannel_stop_rate": _mean([int(bool(s.stopped)) for s in bc_speaking]),
         "backchannel_stop_latency_p50_s": _p50([s.stop_latency_s for s in bc_speaking if s.stopped]),
         "backchannel_model_backchannels": sum(s.model_backchannels or 0 for s in bc),
         "backchannel_model_silent_at_cue": sum(1 for s in bc if s.model_speaking_at_cue is False),
         "backchannel_n": len(bc),
     }
+
+
+def _latencies(scores: Sequence[Score]) -> list[float]:
+    """Turn-taking latencies where the model took the turn (TO = 1)."""
+    return [s.latency_s for s in scores if s.takeover == 1 and s.latency_s is not None]
 
 
 def _mean(values: Sequence[float | int | None]) -> float | None:
