@@ -6,13 +6,28 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.microturn-installed
 PYTEST_ARGS ?=
 
-.PHONY: run test up protos dashboards venv clean
+.PHONY: run test up protos dashboards venv system-packages clean
 
-run: $(STAMP)
+# Debian programs the speech synthesis uses besides espeak-ng's wheel: flite and festival
+# (cluster/synthesizers.py). Installed with apt-get when missing (as root: CI, containers);
+# otherwise the command to run is printed.
+SYSTEM_PACKAGES := flite festival festvox-kallpc16k festvox-us-slt-hts
+
+run: $(STAMP) system-packages
 	$(VENV)/bin/microturn demo
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+system-packages:
+	@if ! command -v flite >/dev/null || ! command -v text2wave >/dev/null \
+	    || [ ! -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || [ ! -d /usr/share/festival/voices/english/kal_diphone ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  else \
+	    echo "microturn needs Debian packages: sudo apt-get install $(SYSTEM_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
 
 up: $(STAMP)
 	$(VENV)/bin/microturn up

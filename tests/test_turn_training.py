@@ -8,10 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cluster.speech import synthesize
 from cluster.training.turn_data import featurize
 from cluster.training.turn_trainer import SIDECAR_FILE, TrainTurnsConfig, WindowSource, train_turns
-from foreground.engine.tick_scheduler import TickScheduler
 from foreground.engine.turn_policy import TurnEventKind as K
 from foreground.engine.turn_policy import TurnPolicy, TurnPolicyConfig, TurnState, resolve_policy
 from foreground.model.checkpoint import (
@@ -23,33 +21,9 @@ from foreground.model.checkpoint import (
     write_seeded_checkpoint,
 )
 from foreground.model.turn_detector import END, SPEECH
+from turn_probe import TICK, engine_logits, speech_track
 
-TICK = 3200
 TINY = TrainTurnsConfig(minutes=0.02, validation_utterances=16, streams=8)
-
-
-def _track(text: str, lead_ticks: int, tail_ticks: int) -> np.ndarray:
-    speech = synthesize(text, "en-us", 170)
-    pcm = np.zeros((lead_ticks + tail_ticks) * TICK + len(speech) + (-len(speech) % TICK), np.float32)
-    pcm[lead_ticks * TICK: lead_ticks * TICK + len(speech)] = speech
-    return np.clip(np.round(pcm * 32767), -32768, 32767).astype(np.int16)
-
-
-def _engine_logits(model, tracks: dict[str, np.ndarray], policy: str = "model") -> dict[str, torch.Tensor]:
-    """Each track as a session of one engine; the detector's logits per tick."""
-    engine = TickScheduler(model, max_slots=len(tracks) + 1,
-                           turn=TurnPolicyConfig(policy=policy, head_calibrated=model.cfg.turn_head_calibrated))
-    for name in tracks:
-        engine.join(name)
-    ticks = max(len(t) for t in tracks.values()) // TICK
-    out: dict[str, list] = {name: [] for name in tracks}
-    for k in range(ticks):
-        for name, track in tracks.items():
-            engine.submit_audio(name, track[k * TICK:(k + 1) * TICK].astype("<i2").tobytes())
-        engine.tick()
-        for name in tracks:
-            out[name].append(engine.outputs.turn_detector_logits[engine.slots.get(name).slot].clone())
-    return {name: torch.stack(rows) for name, rows in out.items()}
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +39,9 @@ def tiny_runs(tmp_path_factory):
 
 @pytest.mark.timeout(120)
 def test_the_trainers_forward_gives_the_engines_logits_bitwise(seeded):
-    probe = _track("Hello there, could you tell me the weather today?", lead_ticks=2, tail_ticks=8)
+    probe = speech_track("Hello there, could you tell me the weather today?", lead_ticks=2, tail_ticks=8)
     other = np.random.default_rng(0).normal(0, 3000, len(probe)).astype(np.int16)
-    engine = _engine_logits(seeded, {"other": other, "probe": probe})["probe"]
+    engine = engine_logits(seeded, {"other": other, "probe": probe})["probe"]
     log_mel, pitch = featurize(probe[None], seeded.cfg)
     ticks = len(engine)
     frames = torch.arange(ticks) * seeded.cfg.audio.frames_per_tick + seeded.cfg.audio.frames_per_tick - 1
@@ -79,11 +53,11 @@ def test_the_trainers_forward_gives_the_engines_logits_bitwise(seeded):
 
 @pytest.mark.timeout(120)
 def test_the_detector_output_does_not_depend_on_the_batch(seeded):
-    probe = _track("Could you remind me what time the pharmacy closes?", lead_ticks=1, tail_ticks=4)
+    probe = speech_track("Could you remind me what time the pharmacy closes?", lead_ticks=1, tail_ticks=4)
     rng = np.random.default_rng(1)
-    alone = _engine_logits(seeded, {"probe": probe})["probe"]
+    alone = engine_logits(seeded, {"probe": probe})["probe"]
     crowd = {f"f{i}": rng.normal(0, 500 * (i + 1), len(probe)).astype(np.int16) for i in range(9)}
-    batched = _engine_logits(seeded, {**crowd, "probe": probe})["probe"]
+    batched = engine_logits(seeded, {**crowd, "probe": probe})["probe"]
     assert torch.equal(alone, batched)
 
 
@@ -103,8 +77,8 @@ def test_a_trained_checkpoint_loads_and_its_detector_follows_the_audio(tiny_runs
     model = load_checkpoint(folder)
     detector = model.interaction.turn_detector.state_dict()
     assert all(torch.equal(detector[k], v) for k, v in tiny_runs[0].detector.state_dict().items())
-    track = _track("I was thinking about the weather today.", lead_ticks=3, tail_ticks=8)
-    logits = _engine_logits(model, {"s": track})["s"]
+    track = speech_track("I was thinking about the weather today.", lead_ticks=3, tail_ticks=8)
+    logits = engine_logits(model, {"s": track})["s"]
     speech_ticks = np.flatnonzero([np.abs(track[k * TICK:(k + 1) * TICK]).max() > 1000 for k in range(len(logits))])
     silent_before, silent_after = logits[:3], logits[speech_ticks[-1] + 4:]
     assert not torch.equal(logits[speech_ticks[1]], silent_before[-1])  # the output moves with the audio
@@ -121,8 +95,8 @@ def test_the_shipped_detector_is_merged_into_the_seeded_checkpoint_and_hears_tur
     sidecar = json.loads((TRAINED_DETECTOR.parent / SIDECAR_FILE).read_text())
     assert sidecar["command"].startswith("microturn train turns") and "chosen" in sidecar["validation"]
     # speech: "the user speaks"; 1.6 s after a statement ended: "the turn has ended"
-    track = _track("My neighbour finally sold his old red car last week.", lead_ticks=3, tail_ticks=8)
-    logits = _engine_logits(seeded, {"s": track})["s"]
+    track = speech_track("My neighbour finally sold his old red car last week.", lead_ticks=3, tail_ticks=8)
+    logits = engine_logits(seeded, {"s": track})["s"]
     loud = [np.abs(track[k * TICK:(k + 1) * TICK]).max() > 1000 for k in range(len(logits))]
     last_speech = int(np.flatnonzero(loud)[-1])
     assert (logits[np.flatnonzero(loud)[1:-1], SPEECH] > 0).all()
