@@ -5,7 +5,7 @@ Used by the turn-detector trainer (acoustic variety, so the detector learns spee
 Everything is numpy, seeded by the caller's generator, and works on float32 mono audio.
 
 Kinds of background: `white` and `pink` noise, mains `hum` (50 or 60 Hz and harmonics),
-`tones` (a music-like sequence of harmonic notes), `fluctuating` (noise whose level swings
+`tones` (a music-like sequence of harmonic notes, or one steady tone), `fluctuating` (noise whose level swings
 slowly, like traffic or a fan changing speed) and `babble` (other people's speech, summed:
 synthesised speech from voices and sentences the caller chooses).
 """
@@ -93,7 +93,13 @@ def _hum(n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _tones(n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
-    """Notes of 0.15-0.6 s from a pentatonic scale, 3-5 harmonics, attack and decay: music, not speech."""
+    """Notes of 0.15-0.6 s from a pentatonic scale, 3-5 harmonics, attack and decay: music, not
+    speech; or (a third of the time) one steady tone of 1-3 harmonics at 100-1000 Hz: a beep, a
+    whine, a dial tone (pitched like a voice, but never modulated like one)."""
+    if rng.random() < 1 / 3:
+        f0, t = rng.uniform(100.0, 1000.0), np.arange(n) / rate
+        return sum((0.5 ** h) * np.sin(2 * np.pi * f0 * (h + 1) * t + rng.uniform(0, 2 * np.pi))
+                   for h in range(int(rng.integers(1, 4))))
     x, cursor = np.zeros(n), 0
     scale = [0, 2, 4, 7, 9]
     while cursor < n:
