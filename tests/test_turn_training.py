@@ -2,6 +2,7 @@
 the shipped weights, and the turn policies that read it."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,9 +18,11 @@ from foreground.model.checkpoint import (
     MICROTURN_CONFIG,
     TRAINED_DETECTOR,
     head_calibrated,
+    init_turn_detector,
     load_checkpoint,
     write_seeded_checkpoint,
 )
+from foreground.model.interaction_model import InteractionModel
 from foreground.model.turn_detector import END, SPEECH
 from turn_probe import TICK, engine_logits, speech_track
 
@@ -37,17 +40,28 @@ def tiny_runs(tmp_path_factory):
     return [train_turns(tmp_path_factory.mktemp(f"turns{i}"), TINY) for i in range(2)]
 
 
+@pytest.fixture(scope="module")
+def with_context(seeded):
+    """The seeded model with a detector that also reads the session's running context."""
+    d = replace(seeded.cfg.turn_detector, context_time_constants_s=(1.0, 5.0))
+    model = InteractionModel(replace(seeded.cfg, turn_detector=d))
+    init_turn_detector(model.interaction.turn_detector, seed=3)
+    return model.eval()
+
+
 @pytest.mark.timeout(120)
-def test_the_trainers_forward_gives_the_engines_logits_bitwise(seeded):
+@pytest.mark.parametrize("which", ["seeded", "with_context"])
+def test_the_trainers_forward_gives_the_engines_logits_bitwise(which, request):
+    model = request.getfixturevalue(which)
     probe = speech_track("Hello there, could you tell me the weather today?", lead_ticks=2, tail_ticks=8)
     other = np.random.default_rng(0).normal(0, 3000, len(probe)).astype(np.int16)
-    engine = engine_logits(seeded, {"other": other, "probe": probe})["probe"]
-    log_mel, pitch = featurize(probe[None], seeded.cfg)
+    engine = engine_logits(model, {"other": other, "probe": probe})["probe"]
+    log_mel, pitch = featurize(probe[None], model.cfg)
     ticks = len(engine)
-    frames = torch.arange(ticks) * seeded.cfg.audio.frames_per_tick + seeded.cfg.audio.frames_per_tick - 1
-    windows = WindowSource(log_mel, pitch, seeded.cfg.turn_detector)(torch.stack([torch.zeros_like(frames), frames], 1))
+    frames = torch.arange(ticks) * model.cfg.audio.frames_per_tick + model.cfg.audio.frames_per_tick - 1
+    windows = WindowSource(log_mel, pitch, model.cfg)(torch.stack([torch.zeros_like(frames), frames], 1))
     with torch.no_grad():
-        trainer = seeded.interaction.turn_detector(*windows)
+        trainer = model.interaction.turn_detector(*windows)
     assert torch.equal(trainer, engine), f"max difference {float((trainer - engine).abs().max())}"
 
 

@@ -33,7 +33,17 @@ from foreground.model.checkpoint import (
 )
 from foreground.model.audio_features import LOG_CLAMP
 from foreground.model.config import ModelConfig, TurnDetectorConfig, preset
-from foreground.model.turn_detector import END, ENDED, PAUSING, SPEAKING, SPEECH, TurnDetector
+from foreground.model.turn_detector import (
+    END,
+    ENDED,
+    PAUSING,
+    SPEAKING,
+    SPEECH,
+    RunningContext,
+    TurnDetector,
+    frame_features,
+    silence_features,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +119,7 @@ def train_turns(out_dir: Path, cfg: TrainTurnsConfig = TrainTurnsConfig()) -> Tr
     try:
         detector = fit(model_cfg, train, cfg)
         with torch.no_grad():
-            val_logits = frame_logits(detector, val)
+            val_logits = frame_logits(detector, model_cfg, val)
     finally:
         torch.set_num_threads(threads)
     a = model_cfg.audio
@@ -159,20 +169,29 @@ def samples(streams: TurnStreams) -> torch.Tensor:
 
 class WindowSource:
     """Streams padded in front once, so that any frame's window is a slice. Before a stream's
-    first frame: digital silence and a flat pitch map, what a fresh engine slot starts from."""
+    first frame: digital silence and a flat pitch map, what a fresh engine slot starts from.
+    With a detector context, its value after every frame, run over each whole stream."""
 
-    def __init__(self, log_mel: torch.Tensor, pitch: torch.Tensor, cfg: TurnDetectorConfig) -> None:
+    def __init__(self, log_mel: torch.Tensor, pitch: torch.Tensor, model_cfg: ModelConfig) -> None:
+        cfg = model_cfg.turn_detector
         self.width = cfg.window_frames
         self.padded = []
         for frames, fill in ((log_mel, math.log(LOG_CLAMP)), (pitch, cfg.pitch_scale / cfg.pitch_candidates)):
             s, _, c = frames.shape
             self.padded.append(torch.cat([frames.new_full((s, self.width - 1, c), fill), frames], dim=1))
+        self.context = None
+        if cfg.context_features:
+            with torch.no_grad():
+                features = frame_features(cfg, log_mel, pitch)
+                self.context = RunningContext(model_cfg, len(log_mel)).sequence(features, silence_features(model_cfg))
 
-    def __call__(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-mel [N, W, C] and pitch [N, W, P] of the W frames up to each (stream, frame)."""
+    def __call__(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Log-mel [N, W, C] and pitch [N, W, P] of the W frames up to each (stream, frame), and
+        the context after that frame [N, K * F] (None without one)."""
         out = [p.unfold(1, self.width, 1)[pairs[:, 0], pairs[:, 1]].transpose(1, 2).contiguous()
                for p in self.padded]
-        return out[0], out[1]
+        context = self.context[pairs[:, 0], pairs[:, 1]] if self.context is not None else None
+        return out[0], out[1], context
 
 
 def fit(model_cfg: ModelConfig, train: TurnStreams, cfg: TrainTurnsConfig) -> TurnDetector:
@@ -190,14 +209,13 @@ def fit(model_cfg: ModelConfig, train: TurnStreams, cfg: TrainTurnsConfig) -> Tu
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(cfg.seed)
     order, cursor, started = torch.randperm(len(pairs), generator=gen), 0, time.monotonic()
-    windows = WindowSource(train.log_mel, train.pitch, model_cfg.turn_detector)
+    windows = WindowSource(train.log_mel, train.pitch, model_cfg)
     for step in range(cfg.steps):
         if cursor + BATCH > len(order):
             order, cursor = torch.randperm(len(pairs), generator=gen), 0
         batch = order[cursor: cursor + BATCH]
         cursor += BATCH
-        log_mel, pitch = windows(pairs[batch])
-        loss = loss_fn(detector(log_mel, pitch), labels[batch], end_weight[batch])
+        loss = loss_fn(detector(*windows(pairs[batch])), labels[batch], end_weight[batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -250,11 +268,12 @@ class DetectorLoss:
         return speech + end
 
 
-def frame_logits(detector: TurnDetector, streams: TurnStreams, chunk: int = 2048) -> torch.Tensor:
+def frame_logits(detector: TurnDetector, model_cfg: ModelConfig, streams: TurnStreams,
+                 chunk: int = 2048) -> torch.Tensor:
     """[S, T, 2] for every frame (the training forward; bitwise the engine's logits)."""
     s, t = streams.labels.shape
     pairs = torch.stack(torch.meshgrid(torch.arange(s), torch.arange(t), indexing="ij"), -1).view(-1, 2)
-    windows = WindowSource(streams.log_mel, streams.pitch, detector.cfg)
+    windows = WindowSource(streams.log_mel, streams.pitch, model_cfg)
     out = [detector(*windows(pairs[i: i + chunk])) for i in range(0, len(pairs), chunk)]
     return torch.cat(out).view(s, t, -1)
 

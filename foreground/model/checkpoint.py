@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from foreground.model.config import ModelConfig, mixtral_config, preset
+from foreground.model.config import AudioConfig, ModelConfig, TurnDetectorConfig, mixtral_config, preset
 from foreground.model.interaction_model import InteractionModel
 from foreground.model.tokenizer import save_byte_tokenizer
 from foreground.model.turn_detector import TurnDetector
@@ -106,8 +106,12 @@ def load_trained_detector(cfg: ModelConfig, path: Path = TRAINED_DETECTOR) -> di
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    wanted = {"turn_detector": asdict(cfg.turn_detector), "audio": asdict(cfg.audio)}
-    found = {k: json.loads(meta.get(k, "null")) for k in wanted}
+    wanted = {"turn_detector": cfg.turn_detector, "audio": cfg.audio}
+    try:  # settings added since the file was written take their defaults
+        found = {"turn_detector": TurnDetectorConfig(**json.loads(meta["turn_detector"])),
+                 "audio": AudioConfig(**json.loads(meta["audio"]))}
+    except (KeyError, TypeError, ValueError):
+        found = None
     if found != wanted:
         log.warning("trained turn detector %s was trained for %s, not %s: not merged", path, found, wanted)
         return None

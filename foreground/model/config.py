@@ -97,10 +97,21 @@ class TurnDetectorConfig:
     log_mel_max: float = 12.0
     log_mel_centre: float = -2.0
     log_mel_scale: float = 6.0
+    # Beyond the window: running means of the frame features (one per time constant, seconds),
+    # carried per slot over the whole session, so that what came before the last 2 s counts
+    # (the speaker's pitch range, the background's level). () = none.
+    context_time_constants_s: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "context_time_constants_s", tuple(self.context_time_constants_s))
 
     @property
     def frame_features(self) -> int:
         return self.pitch_candidates + 1 + self.low_channels
+
+    @property
+    def context_features(self) -> int:
+        return len(self.context_time_constants_s) * self.frame_features
 
 
 @dataclass(frozen=True, slots=True)
