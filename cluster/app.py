@@ -19,6 +19,7 @@ def replica_settings(config: MicroturnConfig, redis_url: str | None) -> ReplicaS
     return ReplicaSettings(
         max_sessions=fg.max_sessions, preset=fg.preset,
         checkpoint=str(fg.checkpoint) if fg.checkpoint else None, turn_policy=fg.turn_policy,
+        backchannel_max_ms=fg.backchannel_max_ms, weave_max_wait_ms=fg.weave_max_wait_ms,
         invariant_kernels=fg.kernels == "invariant", tick_ms=fg.tick_ms, redis_url=redis_url,
         threads=fg.threads, idle_timeout_s=fg.idle_timeout_s, resume_grace_s=fg.resume_grace_s,
     )

@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from cluster.backgrounds import BENCH_KINDS
 from cluster.config import ConfigError, load_config
 
 
@@ -57,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stream straight to the replica (default) or through the gateway")
     load.add_argument("--address", help="a running cluster's gateway (default: start one)")
     duplex = kinds.add_parser("duplex", help="Full-Duplex-Bench-style turn-taking on synthesised dialogues")
-    duplex.add_argument("--scenarios", type=int, default=32,
-                        help="dialogues, the four situations in turn (32: 8 each, 2 per test voice)")
+    duplex.add_argument("--scenarios", type=int, default=40,
+                        help="dialogues: pause, question, interruption, statement, backchannel in turn (40: 8 each)")
     duplex.add_argument("--seed", type=int, default=0, help="voices, rates, sentences and pauses")
     duplex.add_argument("--policy", default="auto", choices=["auto", "model", "vad", "hybrid"],
                         help="auto (default): what the cluster's config resolves to (model with a trained turn head)")
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     duplex.add_argument("--concurrency", type=int, default=4, help="sessions streamed at a time")
     duplex.add_argument("--speech-source", default="energy", choices=["energy", "flags"],
                         help="model speech for the metrics: output-audio energy (default) or AudioOut.speech")
+    duplex.add_argument("--noise", default="none", choices=BENCH_KINDS,
+                        help="background mixed into the whole user track (babble: other test voices talking)")
+    duplex.add_argument("--snr-db", type=float, default=20.0,
+                        help="the user's speech RMS over its voiced spans above the background (with --noise)")
     duplex.add_argument("--runs", type=Path, default=Path("runs"), help="where runs/bench-<stamp>/ goes")
     compare = kinds.add_parser("compare", help="the same backbone: the tick engine side by side with vLLM")
     compare.add_argument("--sessions", default="1,8,32", help="comma-separated session counts")
@@ -202,7 +207,7 @@ def _duplex(args: argparse.Namespace, config) -> int:
         config = config.model_copy(update={"foreground": config.foreground.model_copy(
             update={"max_sessions": args.concurrency})})
     result = asyncio.run(run_duplex(config, args.scenarios, args.seed, args.policy, args.address, args.runs,
-                                    args.concurrency, args.speech_source))
+                                    args.concurrency, args.speech_source, args.noise, args.snr_db))
     return _report(result, args.json)
 
 

@@ -58,6 +58,11 @@ class ForegroundConfig(Section):
     tick_ms: int = Field(200, gt=0)
     turn_policy: Literal["auto", "model", "vad", "hybrid"] = Field(
         "auto", description="auto: model with a trained turn head (the shipped default), else hybrid")
+    backchannel_max_ms: float = Field(600.0, ge=0, description=(
+        "user speech while the model speaks silences it at once but stops it only once it has lasted "
+        "longer than this; shorter is an acknowledgement and the model goes on (0: stop at once)"))
+    weave_max_wait_ms: float = Field(1000.0, ge=0, description=(
+        "a background result waits at most this long for the user to stop speaking, then is woven"))
     kernels: Literal["invariant", "fast"] = Field(
         "invariant", description="batch-invariant matmuls (default) or plain ones (not reproducible)")
     replicas: int = Field(1, gt=0)

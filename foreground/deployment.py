@@ -57,6 +57,8 @@ class ReplicaSettings:
     preset: str = "tiny"
     checkpoint: str | None = None
     turn_policy: str = "auto"
+    backchannel_max_ms: float = 600.0
+    weave_max_wait_ms: float = 1000.0
     invariant_kernels: bool = True
     tick_ms: int = 200
     redis_url: str | None = None
@@ -82,7 +84,9 @@ class ForegroundReplica:
         jobs = RedisJobSink(JobStream(self.bus.redis), asyncio.get_running_loop()) if self.bus else None
         # A checkpoint with a trained end-of-turn detector (the seeded default ships one) says so.
         calibrated = model.cfg.turn_head_calibrated
-        turn = TurnPolicyConfig(policy=resolve_policy(settings.turn_policy, calibrated), head_calibrated=calibrated)
+        turn = TurnPolicyConfig(policy=resolve_policy(settings.turn_policy, calibrated), head_calibrated=calibrated,
+                                backchannel_max_ms=settings.backchannel_max_ms,
+                                weave_max_wait_ms=settings.weave_max_wait_ms)
         log.info("turn policy %s (configured: %s; turn head %s)", turn.policy, settings.turn_policy,
                  "trained" if calibrated else "seeded")
         engine = TickScheduler(model, settings.max_sessions, turn, jobs=jobs,

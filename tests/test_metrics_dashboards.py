@@ -91,8 +91,8 @@ class _Recorder:
         self.values.append(value)
 
 
-def _out(tick: int, *kinds: K, chunk: bool = True) -> SessionOutput:
-    return SessionOutput(session_id="s", tick=tick, pcm16=b"", speech=False, text="",
+def _out(tick: int, *kinds: K, chunk: bool = True, speech: bool = False) -> SessionOutput:
+    return SessionOutput(session_id="s", tick=tick, pcm16=b"", speech=speech, text="",
                          events=[TurnEvent(kind, "test", 0) for kind in kinds],
                          input_received_ns=tick if chunk else 0)
 
@@ -109,14 +109,20 @@ def test_turn_latencies_are_estimated_from_turn_events_in_ticks():
               _out(25, K.USER_SPEECH_STARTED, K.INTERRUPTED, K.MODEL_SPEECH_STOPPED),  # stops in the same tick
               _out(26, chunk=False),  # late
               _out(30, K.MODEL_SPEECH_STARTED),  # no user turn end before it: no turn-taking sample
-              _out(31, K.USER_SPEECH_STARTED), _out(33, K.INTERRUPTED, K.MODEL_SPEECH_STOPPED)]
+              _out(31, K.USER_SPEECH_STARTED, speech=True), _out(33, K.INTERRUPTED, K.MODEL_SPEECH_STOPPED),
+              _out(35, K.MODEL_SPEECH_STARTED, speech=True),
+              _out(36, K.USER_SPEECH_STARTED),  # held: silent at once, then it goes on
+              _out(38, K.USER_SPEECH_STOPPED, K.BACKCHANNEL_HEARD, speech=True),  # not an interruption
+              _out(40, K.USER_SPEECH_STARTED, speech=True), _out(41),  # held from 41 (silent) ...
+              _out(44, K.INTERRUPTED, K.MODEL_SPEECH_STOPPED)]  # ... stopped at 44: the listener heard 41
     for out in script:
         metrics.on_tick(TickRecord(0.05, 1, 1, 0), [out])
     assert metrics.turn_taking.values == [0.6]
-    assert metrics.interruption_stop.values == [0.0, 0.4]
+    assert metrics.interruption_stop.values == [0.0, 0.4, 0.2]
     assert metrics.late_chunks.values == [(1, {})]
     kinds = [tags["kind"] for _, tags in metrics.turn_events.values]
-    assert kinds.count("INTERRUPTED") == 2 and kinds.count("MODEL_SPEECH_STARTED") == 2
+    assert kinds.count("INTERRUPTED") == 3 and kinds.count("MODEL_SPEECH_STARTED") == 3
+    assert kinds.count("BACKCHANNEL_HEARD") == 1
     metrics.forget("s")
     metrics.on_tick(TickRecord(0.05, 0, 2, 0), [_out(40, K.USER_SPEECH_STARTED)])  # closed: ignored
     assert len(metrics.turn_events.values) == len(kinds)

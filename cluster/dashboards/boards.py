@@ -16,7 +16,7 @@ TICK_TARGET_S = 0.2
 TURN_TAKING_TARGET_S = 0.3
 INTERRUPTION_TARGET_S = 0.25
 QUEUE_WAIT_LINE_S = 2.0
-FLOOR_KINDS = 'kind=~"INTERRUPTED|BACKCHANNEL|DELEGATED"'
+FLOOR_KINDS = 'kind=~"INTERRUPTED|BACKCHANNEL_HEARD|BACKCHANNEL|DELEGATED"'
 
 _tick_latency = latency_panel(
     "Tick duration", "One batched forward of all live sessions. Real time needs p99 below the 200 ms tick.",
@@ -28,7 +28,8 @@ _turn_taking = latency_panel(
     fg.TURN_TAKING, quantiles=(0.5, 0.9), threshold=TURN_TAKING_TARGET_S)
 _interruption = latency_panel(
     "Interruption stop latency (server estimate)",
-    "USER_SPEECH_STARTED while the model speaks to MODEL_SPEECH_STOPPED, in ticks x tick length. "
+    "USER_SPEECH_STARTED while the model speaks to its audio going silent, in ticks x tick length, "
+    "for barge-ins (the model holds the floor silently until the speech outlasts a backchannel). "
     "Target p50 <= 0.25 s end to end.", fg.INTERRUPTION_STOP, quantiles=(0.5, 0.9), threshold=INTERRUPTION_TARGET_S)
 _sessions = PanelDef(
     "Live sessions and free slots", "Slots are preallocated per replica: free = max_sessions - live.", "short",
@@ -60,7 +61,8 @@ FOREGROUND = Board(
             _turn_taking,
             _interruption,
             PanelDef("Barge-ins, backchannels, delegations per minute",
-                     "INTERRUPTED, BACKCHANNEL and DELEGATED turn events (delegations: the model's head "
+                     "INTERRUPTED, BACKCHANNEL_HEARD (the model went on after an acknowledgement), "
+                     "BACKCHANNEL and DELEGATED turn events (delegations: the model's head "
                      "or a client's tool request).", "short",
                      (Query(per_second(fg.TURN_EVENTS, ("kind",), FLOOR_KINDS, " * 60"), "{{kind}}"),)),
             PanelDef("Turn events per second", "Every turn event by kind.", "short",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from foreground.engine.input_validation import (
     check_text,
 )
 from foreground.engine.kv_ring import RingKVCache
+from foreground.engine.output_level import OutputLevel
 from foreground.engine.session_slots import SessionRecord, SessionSlots
 from foreground.engine.turn_policy import TurnEvent, TurnPolicy, TurnPolicyConfig, TurnState
 from foreground.engine.vad import BatchedSileroVad
@@ -114,14 +116,17 @@ class TickScheduler:
         self.resampler = Resampler24kTo16k(max_slots)
         self.vad = BatchedSileroVad(max_slots)
         self.vocoder = ChannelVocoder(cfg.audio, max_slots)
+        self.level = OutputLevel(cfg.audio.output_samples_per_tick, cfg.audio.tick_ms, max_slots)
         self.queue = ChunkQueue(max_slots)
         self.buffers = _StreamBuffers(cfg, max_slots)
         self.buffers.user_log_mel = self.inputs.user_log_mel  # one tensor: dMel and the turn detector read it
         self.slots = SessionSlots(max_slots, [
             self.cache, _TensorsOf(self.inputs), self.featurizer, self.resampler, self.vad,
-            self.vocoder, self.queue, self.buffers, self.runner.turn_detector,
+            self.vocoder, self.level, self.queue, self.buffers, self.runner.turn_detector,
         ])
         self.turn_config = turn
+        # a result held back while the user speaks is woven after this many ticks anyway
+        self.weave_max_wait_ticks = math.ceil(turn.weave_max_wait_ms / cfg.audio.tick_ms)
         self.policy = TurnPolicy(turn)
         self.jobs = jobs or CollectingJobSink()
         self.default_input_rate = default_input_rate
@@ -167,11 +172,12 @@ class TickScheduler:
 
     def submit_result(self, session_id: str, text: str, result: WovenResult, urgent: bool = False) -> None:
         """A background result to weave into the model's input at a tick boundary: before
-        the client's own text, and not while the user is speaking unless `urgent`."""
+        the client's own text, and not while the user is speaking unless `urgent` or it has
+        waited `weave_max_wait_ms` (a detector stuck on "speech" must not hold it forever)."""
         data = text.encode("utf-8") or b"(empty result)"
         with self.slots.lock:
             record = self.slots.get(session_id)
-            record.extra["results_in"].append([bytearray(data), result, urgent, False])
+            record.extra["results_in"].append([bytearray(data), result, urgent, False, self.tick_count])
             record.extra["conversation"].append(("tool", text, self.tick_count))
 
     def submit_video(self, session_id: str, jpeg: bytes | None = None, raw_rgb: bytes | None = None,
@@ -245,13 +251,15 @@ class TickScheduler:
         return chunk
 
     def _next_text_token(self, record: SessionRecord, woven: list) -> int:
-        """Background results first (held while the user speaks, unless urgent), then the
-        client's text, else padding."""
+        """Background results first (held while the user speaks, unless urgent or overdue),
+        then the client's text, else padding. A result of an older epoch (the user barged in
+        since) is never overdue: it waits for the user, as before."""
         results = record.extra["results_in"]
-        user_speaking = record.extra["turn"].user_speaking
+        turn = record.extra["turn"]
         for entry in results:
-            data, result, urgent, started = entry
-            if user_speaking and not urgent and not started:
+            data, result, urgent, started, submitted = entry
+            overdue = self.tick_count - submitted >= self.weave_max_wait_ticks and result.epoch >= turn.epoch
+            if turn.user_speaking and not (urgent or started or overdue):
                 continue
             if not started:
                 entry[3] = True
@@ -290,13 +298,15 @@ class TickScheduler:
                 for i, r in enumerate(records)]
 
     def _voice(self, b: int, decisions) -> None:
-        """The model's audio where it holds the floor, silence elsewhere; fed back next tick."""
+        """The model's audio where it voices the floor (not while it holds it silently for a
+        possible backchannel), silence elsewhere; fed back next tick; brought to playback level."""
         buf = self.buffers
         for i, decision in enumerate(decisions):
             buf.speaking[i] = decision.speak
         torch.where(buf.speaking[:b], self.outputs.log_mel[:b], buf.silence_mel, out=buf.gated_mel[:b])
         buf.prev_out_mel[:b].copy_(buf.gated_mel[:b])
         self.vocoder.synthesize(buf.gated_mel[:b], out_pcm=buf.pcm_out[:b])
+        self.level.apply(buf.pcm_out[:b], buf.speaking[:b, :, 0])
         self.vocoder.to_pcm16(buf.pcm_out[:b], out=buf.pcm16_out[:b])
 
     def _collect(self, records: list[SessionRecord], decisions) -> list[SessionOutput]:

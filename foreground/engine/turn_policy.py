@@ -16,6 +16,14 @@ speaks, its END logit > 0 (the threshold is folded into its bias) that a silence
 all; `hybrid` takes a free floor on a turn end and keeps the VAD guard. The seeded backbone cannot end its own turn, so
 `max_turn_ticks` caps the model's turns under every policy then.
 
+The hold (detector policies, and `vad`/`hybrid`): user speech while the model speaks does not
+stop it at once. A first decision hears at most one tick (200 ms) of that speech, too little to
+tell an acknowledgement ("mm-hm", "yeah": Full-Duplex-Bench v1.5's user backchannel; a published
+system resumes after 93% of them) from a barge-in. So the model keeps the floor
+but goes silent in that very tick (the stop latency a listener hears does not grow); if the
+speech ends within `backchannel_max_ms` it resumes (BACKCHANNEL_HEARD, same epoch), if it goes
+on longer it stops as before (INTERRUPTED, epoch + 1).
+
 Causes: "head", "vad", "threshold", "length" (a turn reached `max_turn_ticks`).
 """
 
@@ -52,6 +60,7 @@ class TurnEventKind(str, Enum):
     INTERRUPTED = "INTERRUPTED"
     YIELDED = "YIELDED"
     BACKCHANNEL = "BACKCHANNEL"
+    BACKCHANNEL_HEARD = "BACKCHANNEL_HEARD"  # the user's speech while the model spoke was short: it resumed
     DELEGATED = "DELEGATED"
 
 
@@ -72,6 +81,11 @@ class TurnPolicyConfig:
     # silent (the tick that holds a turn's last syllable is not "the user speaks now")
     vad_trailing_silence_ms: float = 64.0
     max_turn_ticks: int = 25  # a seeded model never ends a turn by itself: cap it at 5 s
+    # user speech while the model speaks: held (silent) until it has lasted longer than this,
+    # counted in whole ticks after the onset tick; 0 turns the hold off (stop in the onset tick)
+    backchannel_max_ms: float = 600.0
+    # a background result waits for the user's speech to end at most this long (TickScheduler)
+    weave_max_wait_ms: float = 1000.0
     delegate_threshold: float = 0.9
     delegate_cooldown_ticks: int = 25
     tick_ms: float = 200.0
@@ -86,6 +100,7 @@ class TurnState:
     user_spoke: bool = False  # the user said something since the model last spoke
     silence_ms: float = 0.0  # trailing user silence, from VAD windows
     turn_ticks: int = 0
+    held_ticks: int = 0  # ticks of user speech the model has been silent for, keeping the floor
     epoch: int = 0
     ticks_since_delegate: int = 1 << 30
     decisions: list[tuple[int, str, str]] = field(default_factory=list)  # (tick, what, cause), recent
@@ -112,7 +127,8 @@ class TurnPolicy:
         delegate = self._delegate(state, delegate_logit)
         if delegate:
             events.append(TurnEvent(TurnEventKind.DELEGATED, "head", state.epoch))
-        return TickDecision(speak=state.model_speaking, delegate=delegate, events=events)
+        voiced = state.model_speaking and not state.held_ticks
+        return TickDecision(speak=voiced, delegate=delegate, events=events)
 
     def _floor_by_detector(self, state: TurnState, tick: int, vad_probs: list[float],
                            detector_logits: list[float], events: list[TurnEvent]) -> None:
@@ -127,11 +143,8 @@ class TurnPolicy:
             cause, user_now = "vad", state.silence_ms < cfg.vad_trailing_silence_ms
         if state.model_speaking:
             state.turn_ticks += 1
-            if user_active:
-                self._stop(state, tick, TurnEventKind.INTERRUPTED, cause, events)
-                state.epoch += 1
-            elif state.turn_ticks >= cfg.max_turn_ticks:
-                self._stop(state, tick, TurnEventKind.YIELDED, "length", events)
+            if not self._hold(state, tick, user_active, cause, events):
+                self._yield_if_done(state, tick, False, events)
         elif turn_ended and state.user_spoke and not user_now:
             self._start(state, tick, "head", events)
 
@@ -144,24 +157,45 @@ class TurnPolicy:
 
         if state.model_speaking:
             state.turn_ticks += 1
-            if user_active and cfg.policy in ("vad", "hybrid"):
-                self._stop(state, tick, TurnEventKind.INTERRUPTED, "vad", events)
-                state.epoch += 1
-            elif cfg.policy == "model" and not head_says_speak:
-                kind = TurnEventKind.INTERRUPTED if user_active else TurnEventKind.YIELDED
-                self._stop(state, tick, kind, "head", events)
-                if user_active:
-                    state.epoch += 1
-            elif cfg.policy == "hybrid" and cfg.head_calibrated and not head_says_speak:
-                self._stop(state, tick, TurnEventKind.YIELDED, "head", events)
-            elif cfg.policy != "model" and state.turn_ticks >= cfg.max_turn_ticks:
-                self._stop(state, tick, TurnEventKind.YIELDED, "length", events)
+            if cfg.policy == "model":  # the turn head alone yields, whoever speaks
+                if not head_says_speak:
+                    kind = TurnEventKind.INTERRUPTED if user_active else TurnEventKind.YIELDED
+                    self._stop(state, tick, kind, "head", events)
+                    if user_active:
+                        state.epoch += 1
+            elif not self._hold(state, tick, user_active, "vad", events):
+                head_done = cfg.policy == "hybrid" and cfg.head_calibrated and not head_says_speak
+                self._yield_if_done(state, tick, head_done, events)
         else:
             cause = self._take_floor_cause(state, user_active, head_says_speak)
             if cause:
                 self._start(state, tick, cause, events)
             elif cfg.policy == "model" and user_active and p_turn[BACKCHANNEL] > max(p_turn[LISTEN], p_turn[SPEAK]):
                 events.append(TurnEvent(TurnEventKind.BACKCHANNEL, "head", state.epoch))
+
+    def _hold(self, state: TurnState, tick: int, user_active: bool, cause: str,
+              events: list[TurnEvent]) -> bool:
+        """While the model speaks: user speech silences it and holds the floor, until the speech
+        has lasted longer than `backchannel_max_ms` (a barge-in: stop) or ends (a backchannel:
+        resume). True while the speech decides this tick (held, or stopped)."""
+        if user_active:
+            state.held_ticks += 1
+            lasted_ms = (state.held_ticks - 1) * self.config.tick_ms  # whole ticks after the onset's
+            if self.config.backchannel_max_ms <= 0 or lasted_ms > self.config.backchannel_max_ms:
+                self._stop(state, tick, TurnEventKind.INTERRUPTED, cause, events)
+                state.epoch += 1
+            return True
+        if state.held_ticks:
+            state.held_ticks, state.user_spoke = 0, False  # an acknowledgement is not a turn
+            events.append(TurnEvent(TurnEventKind.BACKCHANNEL_HEARD, cause, state.epoch))
+            _record(state, tick, "backchannel heard", cause)
+        return False
+
+    def _yield_if_done(self, state: TurnState, tick: int, head_done: bool, events: list[TurnEvent]) -> None:
+        if head_done:
+            self._stop(state, tick, TurnEventKind.YIELDED, "head", events)
+        elif state.turn_ticks >= self.config.max_turn_ticks:
+            self._stop(state, tick, TurnEventKind.YIELDED, "length", events)
 
     def _track_user(self, state: TurnState, vad_probs: list[float], events: list[TurnEvent]) -> bool:
         active = [p >= self.config.vad_threshold for p in vad_probs]
@@ -220,7 +254,7 @@ class TurnPolicy:
 
     def _stop(self, state: TurnState, tick: int, kind: TurnEventKind, cause: str,
               events: list[TurnEvent]) -> None:
-        state.model_speaking = False
+        state.model_speaking, state.held_ticks = False, 0
         events.append(TurnEvent(kind, cause, state.epoch))
         events.append(TurnEvent(TurnEventKind.MODEL_SPEECH_STOPPED, cause, state.epoch))
         _record(state, tick, kind.value.lower(), cause)

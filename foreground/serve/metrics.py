@@ -52,7 +52,8 @@ LATE_CHUNKS = replica_spec(
     "(counted from its first chunk on).", "`SessionHost.deliver` (`SessionOutput.input_received_ns == 0`)")
 TURN_EVENTS = replica_spec(
     "microturn_foreground_turn_events", MetricKind.COUNTER, "events",
-    "Turn events by `kind`: INTERRUPTED (barge-ins), BACKCHANNEL, DELEGATED (by the model's "
+    "Turn events by `kind`: INTERRUPTED (barge-ins), BACKCHANNEL_HEARD (the model went on after a "
+    "short acknowledgement), BACKCHANNEL, DELEGATED (by the model's "
     "delegate head or a client's tool request), YIELDED, USER_/MODEL_SPEECH_STARTED/STOPPED.",
     "`SessionHost.deliver` (tick events) and `SessionHost.request_tool`", labels=("kind",))
 TURN_TAKING = replica_spec(
@@ -63,7 +64,8 @@ TURN_TAKING = replica_spec(
 INTERRUPTION_STOP = replica_spec(
     "microturn_foreground_interruption_stop_latency_seconds", MetricKind.HISTOGRAM, "seconds",
     "Server-side interruption stop latency: ticks from USER_SPEECH_STARTED while the model speaks to "
-    "MODEL_SPEECH_STOPPED times the tick length (0: stopped in the tick the user was heard).",
+    "the first tick its audio is silent, times the tick length (0: silent in the tick the user was "
+    "heard), for onsets that end in MODEL_SPEECH_STOPPED (not those it resumes after: BACKCHANNEL_HEARD).",
     "`SessionHost.deliver` (turn events)", buckets=TURN_BUCKETS)
 EVENT_DELIVERY = replica_spec(
     "microturn_foreground_event_delivery_latency_seconds", MetricKind.HISTOGRAM, "seconds",
@@ -98,6 +100,7 @@ class _TurnClock:
     model_speaking: bool = False
     user_stopped_at: int | None = None  # the user's turn may have ended here
     barge_in_at: int | None = None  # the user started while the model spoke
+    silenced_at: int | None = None  # ... and the model's audio went silent (it holds the floor first)
 
 
 class ForegroundMetrics:
@@ -142,6 +145,8 @@ class ForegroundMetrics:
                 late += 1
             if out.events:
                 self._on_turn_events(clock, out.tick, out.events)
+            if clock.barge_in_at is not None and clock.silenced_at is None and not out.speech:
+                clock.silenced_at = out.tick
         if outputs:
             self.tick_duration.observe(tick.duration_s)
         if late:
@@ -170,8 +175,11 @@ class ForegroundMetrics:
             elif kind is TurnEventKind.MODEL_SPEECH_STOPPED:
                 clock.model_speaking = False
                 if clock.barge_in_at is not None:
-                    self.interruption_stop.observe(self._seconds(tick - clock.barge_in_at))
-                    clock.barge_in_at = None
+                    silent = tick if clock.silenced_at is None else clock.silenced_at
+                    self.interruption_stop.observe(self._seconds(silent - clock.barge_in_at))
+                    clock.barge_in_at = clock.silenced_at = None
+            elif kind is TurnEventKind.BACKCHANNEL_HEARD:
+                clock.barge_in_at = clock.silenced_at = None  # the model went on: no interruption
 
     def _seconds(self, ticks: int) -> float:
         return ticks * self.tick_ms / 1000  # integer ms first: 3 ticks is exactly 0.6, as the bucket

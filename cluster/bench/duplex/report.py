@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = (
-    "name", "kind", "voice", "rate_wpm", "user_s", "floor_start_s", "turn_end_s", "pauses_s", "cue_start_s",
-    "cue_end_s", "takeover", "latency_s", "stop_latency_s", "model_speaking_at_cue", "stopped", "pause_onset",
+    "name", "kind", "ending", "voice", "rate_wpm", "user_s", "floor_start_s", "turn_end_s", "pauses_s", "cue_start_s",
+    "cue_end_s", "takeover", "latency_s", "stop_latency_s", "model_speaking_at_cue", "stopped", "kept", "pause_onset",
     "early_start", "model_backchannels", "model_segments", "model_speech_s", "words", "word_source", "energy_spans",
     "flags_spans", "spans_agreed", "start_causes", "stages_ms", "ticks", "late_chunks", "error",
 )
@@ -28,14 +28,17 @@ _SITUATIONS = (
      "turn_taking_latency_mean_s",
      "early starts inside the user's turn: {turn_taking_early_start_rate}; FD-Bench's whole-output "
      "latency p50 {turn_taking_latency_fdbench_p50_s} s"),
+    ("- ending in a question", "question", "question_tor", "question_latency_p50_s", None, ""),
+    ("- ending in a statement", "statement", "statement_tor", "statement_latency_p50_s", None, ""),
     ("pause handling", "pause", "pause_tor", None, None, "pause onset rate {pause_onset_rate}"),
     ("user interruption", "interruption", "interruption_tor", "interruption_response_latency_p50_s",
      "interruption_response_latency_mean_s",
      "stop latency p50 {interruption_stop_latency_p50_s} s, mean {interruption_stop_latency_mean_s} s; "
      "model silent at onset: {interruption_model_silent_at_onset}"),
     ("backchannel", "backchannel", "backchannel_tor", None, None,
-     "stopped by the user's backchannel: {backchannel_stop_rate} (p50 {backchannel_stop_latency_p50_s} s); "
-     "model backchannels: {backchannel_model_backchannels}"),
+     "kept the floor (speaking 0.5 s after it ended): {backchannel_keep_rate}; its speech ended within 1 s "
+     "(a stop or a hold): {backchannel_stop_rate} (p50 {backchannel_stop_latency_p50_s} s); model backchannels: "
+     "{backchannel_model_backchannels}; model silent at the cue: {backchannel_model_silent_at_cue}"),
 )
 
 
@@ -52,7 +55,8 @@ def write_report(run_dir: Path, results: list[ScenarioResult], summary: dict) ->
 def csv_row(r: ScenarioResult) -> dict:
     sc, t = r.score, r.truth
     row = {
-        "name": r.name, "kind": r.kind, "voice": r.voice, "rate_wpm": r.rate_wpm, "user_s": r.user_s,
+        "name": r.name, "kind": r.kind, "ending": r.ending or "", "voice": r.voice, "rate_wpm": r.rate_wpm,
+        "user_s": r.user_s,
         "floor_start_s": round(t.floor_start_s, 3), "turn_end_s": round(t.turn_end_s, 3),
         "pauses_s": ";".join(f"{b - a:.2f}" for a, b in t.pauses),
         "cue_start_s": _r(t.cue_start_s), "cue_end_s": _r(t.cue_end_s),
@@ -66,7 +70,7 @@ def csv_row(r: ScenarioResult) -> dict:
     }
     if sc is not None:
         row.update(takeover=sc.takeover, latency_s=_r(sc.latency_s), stop_latency_s=_r(sc.stop_latency_s),
-                   model_speaking_at_cue=_r(sc.model_speaking_at_cue), stopped=_r(sc.stopped),
+                   model_speaking_at_cue=_r(sc.model_speaking_at_cue), stopped=_r(sc.stopped), kept=_r(sc.kept),
                    pause_onset=_r(sc.pause_onset), early_start=_r(sc.early_start),
                    model_backchannels=_r(sc.model_backchannels))
     return {k: row.get(k, "") for k in CSV_COLUMNS}
@@ -87,6 +91,10 @@ def summary_markdown(results: list[ScenarioResult], summary: dict, plots: str) -
         f"- speech source: {summary['speech_source']}",
         f"- word source: {summary['word_source']}",
         f"- voices: {', '.join(summary['voices'])}; rates {summary['rates_wpm']} wpm",
+        f"- background: {_background(summary)}",
+        f"- early starts (model speech beginning inside a user turn it should answer: turn-taking, interruption "
+        f"and backchannel context turns): {_v(summary.get('early_start_rate'))} "
+        f"({_v(summary.get('early_start_n'))} scenarios)",
         f"- cluster: {summary['cluster']}, {summary['concurrency']} sessions at a time; "
         f"late chunks {summary['late_chunks']} of {summary['ticks']} ticks",
         f"- plots: {plots}",
@@ -162,6 +170,13 @@ def _minus(start: float, end: float, holes: list[tuple[float, float]]) -> list[t
     if end > cursor:
         out.append((cursor, end))
     return out
+
+
+def _background(summary: dict) -> str:
+    if summary.get("noise", "none") == "none":
+        return "none (clean)"
+    return (f"{summary['noise']} at {summary['snr_db']:g} dB SNR (the user's speech RMS over its voiced spans "
+            f"above the background's, over the whole track)")
 
 
 def _r(value):

@@ -19,8 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cluster.bench.duplex.metrics import Score, Segment, Truth, score, summarize
-from cluster.bench.duplex.scenarios import RATES_WPM, RenderedScenario, make_scenarios, render
+from cluster.bench.duplex.scenarios import NOISES, RATES_WPM, RenderedScenario, make_scenarios, render
 from cluster.bench.duplex.speech_out import (
+    ENERGY_RULE,
     WORDS_PER_S,
     Span,
     TurnEventAt,
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 TAIL_S = 0.6  # the scripts end in silence already; this lets the last ticks come back
 SPEECH_SOURCES = {
-    "energy": "energy: 10 ms frame RMS > -66 dBFS on the received 24 kHz PCM, gaps < 100 ms merged",
+    "energy": f"energy: {ENERGY_RULE}",
     "flags": "flags: AudioOut.speech (span = first speech=True AudioOut .. next speech=False one)",
 }
 
@@ -63,6 +64,7 @@ class ScenarioResult:
     rate_wpm: int
     truth: Truth
     pause_breaks_s: tuple[float, ...] = ()
+    ending: str | None = None  # turn_taking: "question" or "statement"
     score: Score | None = None
     segments: list[Segment] = field(default_factory=list)  # the chosen speech source, with words
     word_sources: list[str] = field(default_factory=list)
@@ -78,10 +80,11 @@ class ScenarioResult:
     error: str | None = None
 
 
-async def run_duplex(config: MicroturnConfig, scenarios: int = 8, seed: int = 0, policy: str = "auto",
+async def run_duplex(config: MicroturnConfig, scenarios: int = 40, seed: int = 0, policy: str = "auto",
                      address: str | None = None, runs_root: Path = Path("runs"), concurrency: int = 4,
-                     speech_source: str = "energy") -> dict:
-    """Run the benchmark; write runs/bench-<stamp>/; return the JSON summary."""
+                     speech_source: str = "energy", noise: str = "none", snr_db: float = 20.0) -> dict:
+    """Run the benchmark; write runs/bench-<stamp>/; return the JSON summary. `noise` (one of
+    `scenarios.NOISES`) is mixed into every user track at `snr_db` (see `scenarios`)."""
     from cluster.bench.duplex.report import write_report  # matplotlib (if any) only when reporting
 
     if speech_source not in SPEECH_SOURCES:
@@ -89,8 +92,11 @@ async def run_duplex(config: MicroturnConfig, scenarios: int = 8, seed: int = 0,
     started = time.monotonic()
     policy = _resolved(policy, config, address)
     run_dir = new_bench_dir(runs_root)
-    log.info("synthesising %d scenarios (seed %d) with espeak-ng", scenarios, seed)
-    rendered = [render(s) for s in make_scenarios(scenarios, seed)]
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {', '.join(NOISES)} (got {noise!r})")
+    log.info("synthesising %d scenarios (seed %d; espeak-ng and festival voices; background %s%s)", scenarios,
+             seed, noise, "" if noise == "none" else f" at {snr_db:g} dB SNR")
+    rendered = [render(s, noise, snr_db, seed) for s in make_scenarios(scenarios, seed)]
     for item in rendered:
         item.track.write_wav(run_dir / item.scenario.name / "input.wav")
     quiet = logging.getLogger("cluster.conversation.recording")
@@ -105,7 +111,8 @@ async def run_duplex(config: MicroturnConfig, scenarios: int = 8, seed: int = 0,
     finally:
         quiet.setLevel(level)
     results = [_result(item, rec, err, speech_source, run_dir) for item, (rec, err) in zip(rendered, recordings)]
-    summary = _summary(results, rendered, policy, seed, concurrency, speech_source, address, run_dir)
+    summary = _summary(results, rendered, policy, seed, concurrency, speech_source, address, run_dir,
+                       {"noise": noise, "snr_db": None if noise == "none" else snr_db})
     summary["plots"] = write_report(run_dir, results, summary)
     summary["wall_s"] = round(time.monotonic() - started, 1)
     return summary
@@ -176,7 +183,7 @@ async def _stream_all(gateway: str, rendered: list[RenderedScenario], policy: st
 def _result(item: RenderedScenario, recording: ConversationRecording | None, error: str | None,
             speech_source: str, run_dir: Path) -> ScenarioResult:
     s = item.scenario
-    result = ScenarioResult(s.name, s.kind, s.voice, s.rate_wpm, item.truth, s.pause_breaks_s,
+    result = ScenarioResult(s.name, s.kind, s.voice, s.rate_wpm, item.truth, s.pause_breaks_s, s.ending,
                             user_s=round(item.track.seconds, 2), error=error)
     if recording is None:
         return result
@@ -218,12 +225,16 @@ def _one_line(r: ScenarioResult) -> str:
         parts.append(f"pause_onset={int(sc.pause_onset)}")
     if sc.stopped is not None:
         parts.append(f"stopped={int(sc.stopped)}")
+    if sc.kept is not None:
+        parts.append(f"kept={int(sc.kept)}")
+    if sc.early_start:
+        parts.append("early_start=1")
     parts.append(f"model spans={len(r.segments)}")
     return " ".join(parts)
 
 
 def _summary(results: list[ScenarioResult], rendered: list[RenderedScenario], policy: str, seed: int,
-             concurrency: int, speech_source: str, address: str | None, run_dir: Path) -> dict:
+             concurrency: int, speech_source: str, address: str | None, run_dir: Path, background: dict) -> dict:
     scored = [r for r in results if r.score is not None]
     sources = [src for r in scored for src in r.word_sources]
     starts = [e.cause for r in scored for e in r.events if e.kind == "MODEL_SPEECH_STARTED"]
@@ -235,6 +246,7 @@ def _summary(results: list[ScenarioResult], rendered: list[RenderedScenario], po
         "scored": len(scored),
         "kinds": {k: kinds.count(k) for k in dict.fromkeys(kinds)},
         "seed": seed,
+        **background,
         "voices": sorted({r.voice for r in results}),
         "rates_wpm": sorted({r.rate_wpm for r in results}),
         "rates_wpm_range": [RATES_WPM[0], RATES_WPM[-1]],

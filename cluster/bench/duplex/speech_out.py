@@ -1,9 +1,16 @@
 """Where the model spoke, read two ways from a recording, cross-checked, with word counts.
 
 - `energy`: what a listener hears. Each AudioOut's 24 kHz PCM is cut into 10 ms frames; a frame
-  is speech when its RMS is above `SPEECH_DBFS`; frames closer than `MERGE_GAP_S` join one span.
-  The seeded vocoder speaks at about -53 dBFS and outputs digital zeros when silent (plus ~20 ms
-  of overlap-add tail after a stop), so the threshold sits well between the two.
+  is speech when its RMS is above the recording's threshold; frames closer than `MERGE_GAP_S`
+  join one span. The threshold is relative, so that it does not depend on the engine's output
+  level (about -53 dBFS RMS once, about -20 dBFS now): `SPEECH_BELOW_LEVEL_DB` below the
+  recording's speech level (the `LEVEL_PERCENTILE`th percentile of its non-zero frames), never
+  below `SPEECH_FLOOR_DBFS`. The vocoder outputs digital zeros when silent (plus ~20 ms of
+  overlap-add tail after a stop), so any threshold between the two works at either level; a
+  relative one also cuts a louder tail short and splits where the engine ducks rather than
+  zeroes its audio. `MERGE_GAP_S` (100 ms) is shorter than a tick, so a hold (the engine
+  silencing its audio for 1-3 ticks on a user onset, then resuming) splits a span in two rather
+  than being bridged over: the metrics see the model stop and start again.
 - `flags`: what the server says. A span opens at the first AudioOut with `speech=True` and
   closes at the next one with `speech=False`; each boundary is checked against the turn events
   (MODEL_SPEECH_STARTED / _STOPPED in the same tick).
@@ -36,7 +43,9 @@ from cluster.conversation.script import CHUNK_MS
 from foreground.engine.percentiles import percentile
 from protos.microturn.v1 import interaction_pb2 as pb
 
-SPEECH_DBFS = -66.0
+SPEECH_FLOOR_DBFS = -66.0  # the threshold never goes below this (it was the fixed one at -53 dBFS)
+SPEECH_BELOW_LEVEL_DB = 35.0
+LEVEL_PERCENTILE = 95
 FRAME_S = 0.010
 MERGE_GAP_S = 0.10
 WORDS_PER_S = 2.5
@@ -45,6 +54,9 @@ _WORD = re.compile(r"[A-Za-z]+(?:['’-][A-Za-z]+)*")
 _PLAIN = re.compile(r"[A-Za-z0-9\s.,;:!?'’\"()-]")
 
 Span = tuple[float, float]
+ENERGY_RULE = (f"10 ms frame RMS > max({SPEECH_FLOOR_DBFS:.0f} dBFS, the recording's p{LEVEL_PERCENTILE} "
+               f"non-zero frame level - {SPEECH_BELOW_LEVEL_DB:.0f} dB) on the received 24 kHz PCM, gaps < "
+               f"{MERGE_GAP_S * 1000:.0f} ms merged")
 
 
 @dataclass(frozen=True)
@@ -95,18 +107,23 @@ def analyse(recording: ConversationRecording) -> OutputSpeech:
 
 
 def energy_spans(recording: ConversationRecording, audio: list[ReceivedAudio] | None = None,
-                 threshold_dbfs: float = SPEECH_DBFS) -> list[Span]:
+                 threshold_dbfs: float | None = None) -> list[Span]:
+    """Spans of model speech by frame energy; `threshold_dbfs` fixes the threshold (default:
+    relative to the recording's own level, `speech_threshold_dbfs`)."""
     audio = audio if audio is not None else sorted(recording.audio, key=lambda a: a.audio.audio_seq)
     frame = round(recording.output_sample_rate * FRAME_S)
-    floor = 32768.0 * 10 ** (threshold_dbfs / 20)
-    spans: list[list[float]] = []
+    frames: list[tuple[float, np.ndarray]] = []  # (AudioOut start on the timeline, its frames' RMS)
     for a in audio:
         pcm = np.frombuffer(a.audio.pcm16, "<i2").astype(np.float64)
         n = len(pcm) // frame
-        if n == 0:
-            continue
-        rms = np.sqrt((pcm[: n * frame].reshape(n, frame) ** 2).mean(axis=1))
-        t = _seconds(recording, a.received_ns)
+        if n:
+            frames.append((_seconds(recording, a.received_ns),
+                           np.sqrt((pcm[: n * frame].reshape(n, frame) ** 2).mean(axis=1))))
+    if threshold_dbfs is None:
+        threshold_dbfs = speech_threshold_dbfs(np.concatenate([r for _, r in frames]) if frames else np.zeros(0))
+    floor = 32768.0 * 10 ** (threshold_dbfs / 20)
+    spans: list[list[float]] = []
+    for t, rms in frames:
         for j in np.flatnonzero(rms > floor):
             lo, hi = t + j * FRAME_S, t + (j + 1) * FRAME_S
             if spans and lo <= spans[-1][1] + MERGE_GAP_S:
@@ -114,6 +131,15 @@ def energy_spans(recording: ConversationRecording, audio: list[ReceivedAudio] | 
             else:
                 spans.append([lo, hi])
     return [(round(a, 4), round(b, 4)) for a, b in spans]
+
+
+def speech_threshold_dbfs(frame_rms: np.ndarray) -> float:
+    """`SPEECH_BELOW_LEVEL_DB` under the level of the loud non-zero frames, at least the floor."""
+    voiced = frame_rms[frame_rms > 0]
+    if not len(voiced):
+        return SPEECH_FLOOR_DBFS
+    level = 20 * np.log10(np.percentile(voiced, LEVEL_PERCENTILE) / 32768.0)
+    return max(SPEECH_FLOOR_DBFS, float(level) - SPEECH_BELOW_LEVEL_DB)
 
 
 def _flag_spans(recording: ConversationRecording, audio: list[ReceivedAudio]):

@@ -160,6 +160,7 @@ class TurnEvent(_message.Message):
         YIELDED: _ClassVar[TurnEvent.Kind]
         BACKCHANNEL: _ClassVar[TurnEvent.Kind]
         DELEGATED: _ClassVar[TurnEvent.Kind]
+        BACKCHANNEL_HEARD: _ClassVar[TurnEvent.Kind]
     KIND_UNSPECIFIED: TurnEvent.Kind
     USER_SPEECH_STARTED: TurnEvent.Kind
     USER_SPEECH_STOPPED: TurnEvent.Kind
@@ -169,6 +170,7 @@ class TurnEvent(_message.Message):
     YIELDED: TurnEvent.Kind
     BACKCHANNEL: TurnEvent.Kind
     DELEGATED: TurnEvent.Kind
+    BACKCHANNEL_HEARD: TurnEvent.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
