@@ -138,7 +138,8 @@ def _flite(text: str, voice: str, stretch: float, pitch_percent: int, out: Path)
 def _festival(text: str, voice: str, stretch: float, out: Path) -> None:
     if voice not in FESTIVAL_VOICES:
         raise ValueError(f"festival has no voice {voice!r} (it has {', '.join(FESTIVAL_VOICES)})")
-    setup = f"(voice_{voice}) (Parameter.set 'Duration_Stretch {stretch:.3f})"
+    # text2wave evaluates one expression; the HTS voice ignores Duration_Stretch (its rate is its own)
+    setup = f"(begin (voice_{voice}) (Parameter.set 'Duration_Stretch {stretch:.3f}))"
     _run([_program("text2wave"), "-eval", setup, "-o", str(out)], text)
 
 

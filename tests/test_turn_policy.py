@@ -31,14 +31,65 @@ def test_vad_policy_takes_the_floor_after_the_silence_threshold():
     assert (K.USER_SPEECH_STOPPED, "vad") in _kinds(decisions[3])
 
 
-def test_barge_in_stops_the_model_in_the_same_tick_and_raises_the_epoch():
-    policy = TurnPolicy(TurnPolicyConfig(policy="hybrid", silence_threshold_ms=200))
+def _speaking(policy, head=HEAD_LISTEN):
+    """A state in which the model has just taken the floor (after the user's turn)."""
     state = TurnState()
-    _run(policy, state, [SPEECH, SILENCE, SILENCE])
+    _run(policy, state, [SPEECH, SILENCE, SILENCE], head=head)
     assert state.model_speaking
-    barge = policy.decide(state, 3, [0.1, 0.1, 0.1, 0.95, 0.97, 0.9], HEAD_SPEAK, -5.0)
-    assert not barge.speak
-    assert (K.INTERRUPTED, "vad") in _kinds(barge) and state.epoch == 1
+    return state
+
+
+ONSET = [0.1, 0.1, 0.1, 0.95, 0.97, 0.9]  # the user starts late in the tick
+
+
+def test_a_barge_in_silences_the_model_at_once_and_stops_it_after_backchannel_max_ms():
+    policy = TurnPolicy(TurnPolicyConfig(policy="hybrid", silence_threshold_ms=200, backchannel_max_ms=600))
+    state = _speaking(policy, HEAD_SPEAK)
+    ticks = [ONSET, SPEECH, SPEECH, SPEECH, SPEECH, SPEECH]
+    decisions = [policy.decide(state, 3 + i, vad, HEAD_SPEAK, -5.0) for i, vad in enumerate(ticks)]
+    assert [d.speak for d in decisions] == [False] * 6  # silent from the onset tick
+    assert [state.held_ticks, state.model_speaking] == [0, False]
+    # 3 ticks after the onset's (600 ms): still a possible backchannel; 4 (800 ms): a barge-in
+    assert [(K.INTERRUPTED, "vad") in _kinds(d) for d in decisions] == [False] * 4 + [True, False]
+    assert (K.MODEL_SPEECH_STOPPED, "vad") in _kinds(decisions[4]) and state.epoch == 1
+    assert (K.USER_SPEECH_STARTED, "vad") in _kinds(decisions[0])
+
+
+def test_a_backchannel_holds_the_floor_and_the_model_resumes_in_the_same_epoch():
+    policy = TurnPolicy(TurnPolicyConfig(policy="vad", silence_threshold_ms=200))
+    state = _speaking(policy)
+    ticks = [ONSET, SPEECH, SILENCE, SILENCE]
+    decisions = [policy.decide(state, 3 + i, vad, HEAD_LISTEN, -5.0) for i, vad in enumerate(ticks)]
+    assert [d.speak for d in decisions] == [False, False, True, True]
+    assert state.model_speaking and state.epoch == 0 and state.held_ticks == 0
+    assert _kinds(decisions[2]) == [(K.USER_SPEECH_STOPPED, "vad"), (K.BACKCHANNEL_HEARD, "vad")]
+    assert not any(e.kind in (K.INTERRUPTED, K.MODEL_SPEECH_STOPPED) for d in decisions for e in d.events)
+    assert not state.user_spoke  # an acknowledgement is not a turn the model must answer
+
+
+def test_the_model_policy_holds_on_the_detector_and_zero_turns_the_hold_off():
+    talk, quiet = [5.0, -9.0], [-5.0, -3.0]
+    policy = TurnPolicy(TurnPolicyConfig(policy="model", head_calibrated=True))
+    state = TurnState(model_speaking=True)
+    held = policy.decide(state, 0, SILENCE, HEAD_LISTEN, -5.0, detector_logits=talk)  # the VAD is not asked
+    resumed = policy.decide(state, 1, SPEECH, HEAD_LISTEN, -5.0, detector_logits=quiet)
+    assert [held.speak, resumed.speak] == [False, True] and state.epoch == 0
+    assert (K.BACKCHANNEL_HEARD, "head") in _kinds(resumed)
+    at_once = TurnPolicy(TurnPolicyConfig(policy="model", head_calibrated=True, backchannel_max_ms=0))
+    state = TurnState(model_speaking=True)
+    stop = at_once.decide(state, 0, SILENCE, HEAD_LISTEN, -5.0, detector_logits=talk)
+    assert not stop.speak and (K.INTERRUPTED, "head") in _kinds(stop) and state.epoch == 1
+
+
+def test_the_length_cap_applies_once_a_hold_resolves():
+    policy = TurnPolicy(TurnPolicyConfig(policy="vad", silence_threshold_ms=200, max_turn_ticks=3))
+    state = _speaking(policy)  # turn tick 0 was the take-over
+    decisions = [policy.decide(state, 3 + i, vad, HEAD_LISTEN, -5.0)
+                 for i, vad in enumerate([SILENCE, ONSET, SPEECH, SILENCE])]
+    assert [d.speak for d in decisions] == [True, False, False, False]
+    assert _kinds(decisions[3])[-3:] == [(K.BACKCHANNEL_HEARD, "vad"), (K.YIELDED, "length"),
+                                         (K.MODEL_SPEECH_STOPPED, "length")]
+    assert state.epoch == 0
 
 
 def test_hybrid_never_starts_over_the_user_even_if_the_head_says_speak():

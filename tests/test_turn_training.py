@@ -137,7 +137,7 @@ QUIET_PAUSE, QUIET_END, TALK = [-5.0, -3.0], [-5.0, 3.0], [5.0, -9.0]
 
 
 def test_the_model_policy_follows_the_detector_alone():
-    policy = TurnPolicy(TurnPolicyConfig(policy="model", head_calibrated=True))
+    policy = TurnPolicy(TurnPolicyConfig(policy="model", head_calibrated=True, backchannel_max_ms=0))  # no hold
     state = TurnState()
     steps = [(SILENT, QUIET_END), (VOICED, TALK), (SILENT, QUIET_PAUSE), (SILENT, QUIET_END),
              (SILENT, TALK)]  # the VAD is ignored: the detector hears the barge-in
@@ -148,7 +148,7 @@ def test_the_model_policy_follows_the_detector_alone():
 
 
 def test_hybrid_takes_a_free_floor_on_the_detector_and_keeps_the_vad_guard():
-    policy = TurnPolicy(TurnPolicyConfig(policy="hybrid", head_calibrated=True))
+    policy = TurnPolicy(TurnPolicyConfig(policy="hybrid", head_calibrated=True, backchannel_max_ms=0))  # no hold
     state = TurnState()
     assert not policy.decide(state, 0, VOICED, HEAD, -9.0, detector_logits=QUIET_END).speak  # VAD: user speaks
     assert not policy.decide(state, 1, SILENT, HEAD, -9.0, detector_logits=QUIET_PAUSE).speak
