@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="work budget: data and steps sized for about this long on 2 cores (default 2)")
     turns.add_argument("--out", type=Path, default=Path("runs/turns"), help="checkpoint folder to write")
     turns.add_argument("--seed", type=int, default=0)
+    turns.add_argument("--context-s", type=float, nargs="*", default=None, metavar="SECONDS",
+                       help="time constants of the detector's session context (default: the preset's)")
     return parser
 
 
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.minutes <= 0:
             print("--minutes: must be more than 0", file=sys.stderr)
             return 2
-        result = train_turns(args.out, TrainTurnsConfig(minutes=args.minutes, seed=args.seed))
+        result = train_turns(args.out, TrainTurnsConfig(minutes=args.minutes, seed=args.seed,
+                                                                 context_s=args.context_s))
         print(json.dumps({"checkpoint": str(result.checkpoint), **result.report}, indent=2))
         return 0
     if args.command == "checkpoint":

@@ -67,6 +67,7 @@ class TrainTurnsConfig:
     validation_utterances: int = 120
     streams: int = 32
     acoustic_scenes: bool = True  # levels, rooms, backgrounds, telephone band (`turn_scenes`)
+    context_s: tuple[float, ...] | None = None  # the detector's context time constants (None: the preset's)
 
     @property
     def utterances(self) -> int:
@@ -103,6 +104,9 @@ def train_turns(out_dir: Path, cfg: TrainTurnsConfig = TrainTurnsConfig()) -> Tr
     """Synthesise, featurise, train, calibrate on other voices, write a checkpoint to out_dir."""
     started = time.monotonic()
     model_cfg = preset(cfg.preset)
+    if cfg.context_s is not None:
+        model_cfg = replace(model_cfg, turn_detector=replace(model_cfg.turn_detector,
+                                                             context_time_constants_s=tuple(cfg.context_s)))
     train_utts, val_utts = corpus(cfg)
     log.info("synthesising %d training and %d validation utterances (espeak-ng, fresh process)",
              len(train_utts), len(val_utts))
@@ -128,7 +132,8 @@ def train_turns(out_dir: Path, cfg: TrainTurnsConfig = TrainTurnsConfig()) -> Tr
         detector.out.bias[END] += chosen.offset
         val_logits[..., END] += chosen.offset
     report = {
-        "command": f"microturn train turns --minutes {cfg.minutes:g} --seed {cfg.seed}",
+        "command": f"microturn train turns --minutes {cfg.minutes:g} --seed {cfg.seed}"
+                   + (f" --context-s {' '.join(f'{t:g}' for t in cfg.context_s)}" if cfg.context_s is not None else ""),
         "config": asdict(cfg),
         "voices": {"train": list(TRAIN_VOICES), "validation": list(VALIDATION_VOICES)},
         "scenes": {"config": asdict(scenes) if scenes else None, "validation": _count(val.scenes),
@@ -283,7 +288,8 @@ def write_checkpoint(out_dir: Path, preset_name: str, detector: TurnDetector, se
     """The seeded backbone with this detector (`turn_head_calibrated: true`), plus the detector
     alone with its sidecar (what `foreground/model/trained/` ships)."""
     out_dir = Path(out_dir)
-    model = load_checkpoint(write_seeded_checkpoint(out_dir, preset_name, seed, trained_turns=False))
+    model = load_checkpoint(write_seeded_checkpoint(out_dir, preset_name, seed, trained_turns=False,
+                                                    turn_detector=detector.cfg))
     model_cfg = model.cfg
     model.cfg = replace(model.cfg, turn_head_calibrated=True)
     model.interaction.turn_detector.load_state_dict(detector.state_dict())

@@ -81,10 +81,13 @@ def init_turn_detector(detector: TurnDetector, seed: int) -> None:
 
 
 def write_seeded_checkpoint(out_dir: Path, preset_name: str = "tiny", seed: int = 0,
-                            trained_turns: bool = True) -> Path:
+                            trained_turns: bool = True, turn_detector: TurnDetectorConfig | None = None) -> Path:
     """Seeded weights; with `trained_turns`, the shipped trained end-of-turn detector in them
-    (and `turn_head_calibrated: true`) when it fits the preset."""
+    (and `turn_head_calibrated: true`) when it fits the preset. `turn_detector` replaces the
+    preset's detector settings (a training that tries other ones)."""
     cfg = preset(preset_name)
+    if turn_detector is not None:
+        cfg = replace(cfg, turn_detector=turn_detector)
     trained = load_trained_detector(cfg) if trained_turns else None
     model = InteractionModel(replace(cfg, turn_head_calibrated=trained is not None))
     init_seeded(model, seed)
