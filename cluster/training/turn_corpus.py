@@ -145,8 +145,10 @@ class SentenceGrammar:
         it pauses, a turn made of exactly the words before one of its pauses (FACTS.md trap 2).
 
         Sentences inside a turn are joined by a connector or (SENTENCE_END_SHARE) end where the
-        next begins: the silence a synthesiser leaves there, and a pause after a sentence end,
-        are mid-turn pauses too (a sentence end is not a turn end: the bench's "early starts").
+        next begins: the silence a synthesiser leaves there (0.1-0.45 s) is a mid-turn pause too
+        (a sentence end is not always a turn end: the bench's "early starts"). A long break never
+        follows a sentence end: 0.5-1 s of silence after a complete sentence is a turn end by
+        every cue a listener has, and training it as a pause only teaches the detector to wait.
         Every group, whether a pause or the turn end follows it, has the same length
         distribution and follows a silence, so what precedes a pause and what precedes a turn
         end differ only in prosody: the window cannot tell them apart by a gap (trap 1)."""
@@ -164,9 +166,14 @@ class SentenceGrammar:
             asks = sentence[-1].endswith("?")
             words += sentence
         parts, start = [], 0
-        for n in lengths:
-            parts.append(" ".join(words[start:start + n]))
-            start += n
+        for i, n in enumerate(lengths):
+            end = start + n
+            while i < len(lengths) - 1 and words[end - 1][-1] in ".!?" and end + 1 < sum(lengths):
+                end += 1  # no long break right after a sentence end: that silence IS a turn end's
+            parts.append(" ".join(words[start:end]))
+            start = end
+            if start >= sum(lengths):
+                break
         parts = [p + ("," if i < len(parts) - 1 and p[-1].isalpha() and r.random() < 0.35 else "")
                  for i, p in enumerate(parts)]
         parts[-1] = parts[-1].rstrip(",")
