@@ -7,7 +7,9 @@ off the bench"). Here every stream is dressed as a microphone would hear it:
   simple room (exponentially decaying noise as impulse response, RT60 0.2-0.8 s);
 - per stretch of a stream (`scene_s` long): no background (`clean_share`) or one of
   `cluster.backgrounds.KINDS` at 0-30 dB SNR against the speech of that stretch (babble: other
-  utterances of the same split, summed), and (`telephone_share`) the telephone band over both.
+  utterances of the same split, summed) or, for steady kinds (`absolute_share`), at a level of
+  its own (-50..-15 dBFS: a loud hum is no more speech than a quiet one), and
+  (`telephone_share`) the telephone band over both.
 Labels stay those of the dry speech, so "the user speaks" means speech, never the sound around
 it, and quiet speech under noise still counts. Validation streams get the same kinds from their
 own seed and their own babble (validation voices only).
@@ -34,6 +36,10 @@ class SceneConfig:
     scene_s: tuple[float, float] = (8.0, 30.0)
     snr_db: tuple[float, float] = (0.0, 30.0)
     babble_min_snr_db: float = 6.0  # other talkers as loud as the user are a different problem
+    # steady sound is not speech at any level: this share of non-babble backgrounds is set by
+    # its own level (dBFS RMS), whatever the speech's, so loud hum and tones occur too
+    absolute_share: float = 0.3
+    absolute_dbfs: tuple[float, float] = (-50.0, -15.0)
     telephone_share: float = 0.15
     babble_clips: int = 48
 
@@ -74,9 +80,14 @@ def _dress_stretch(part: np.ndarray, voiced: np.ndarray, stream: np.ndarray, str
         low = cfg.babble_min_snr_db if kind == "babble" else cfg.snr_db[0]
         snr = rng.uniform(low, cfg.snr_db[1])
         noise = background(kind, len(part), rate, rng, babble)
-        reference, mask = (part, voiced) if voiced.any() else (stream, stream_voiced)
-        part += noise * noise_gain(reference, noise, snr, mask)
-        what = f"{kind}@{snr:.0f}dB"
+        if kind != "babble" and rng.random() < cfg.absolute_share:
+            level = rng.uniform(*cfg.absolute_dbfs)
+            part += noise * 10 ** (level / 20)  # unit RMS noise
+            what = f"{kind}@{level:.0f}dBFS"
+        else:
+            reference, mask = (part, voiced) if voiced.any() else (stream, stream_voiced)
+            part += noise * noise_gain(reference, noise, snr, mask)
+            what = f"{kind}@{snr:.0f}dB"
     if rng.random() < cfg.telephone_share:
         part[:] = telephone(part, rate)
         what += "+tel"
