@@ -100,7 +100,7 @@ class TurnDetectorConfig:
     # Beyond the window: running means of the frame features (one per time constant, seconds),
     # carried per slot over the whole session, so that what came before the last 2 s counts
     # (the speaker's pitch range, the background's level). () = none.
-    context_time_constants_s: tuple[float, ...] = ()
+    context_time_constants_s: tuple[float, ...] = (1.0, 5.0)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "context_time_constants_s", tuple(self.context_time_constants_s))
