@@ -25,6 +25,16 @@ def test_yaml_then_environment(tmp_path, monkeypatch):
     assert config.log_level == "DEBUG"
 
 
+def test_turn_settings_reach_the_replica(monkeypatch):
+    from cluster.app import replica_settings
+
+    assert load_config().foreground.backchannel_max_ms == 600 and load_config().foreground.weave_max_wait_ms == 1000
+    monkeypatch.setenv("MICROTURN_FOREGROUND_BACKCHANNEL_MAX_MS", "0")
+    monkeypatch.setenv("MICROTURN_FOREGROUND_WEAVE_MAX_WAIT_MS", "400")
+    settings = replica_settings(load_config(), redis_url=None)
+    assert (settings.backchannel_max_ms, settings.weave_max_wait_ms) == (0, 400)
+
+
 def test_ray_address_comes_from_the_ray_variable(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert load_config().ray.address == "10.0.0.1:6379"
@@ -35,6 +45,7 @@ def test_ray_address_comes_from_the_ray_variable(monkeypatch):
     [
         ("MICROTURN_FOREGROUND_MAX_SESSIONS", "-1", "foreground.max_sessions"),
         ("MICROTURN_FOREGROUND_TURN_POLICY", "sometimes", "foreground.turn_policy"),
+        ("MICROTURN_FOREGROUND_BACKCHANNEL_MAX_MS", "-1", "foreground.backchannel_max_ms"),
         ("MICROTURN_SERVE_GRPC_PORT", "99999", "serve.grpc_port"),
     ],
 )

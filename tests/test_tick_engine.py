@@ -165,25 +165,87 @@ def test_leaving_moves_the_last_session_with_all_its_state(model):
     assert [o.session_id for o in engine.tick()] == ["c", "b", "d"]
 
 
+def _chunks(pcm: np.ndarray) -> list[np.ndarray]:
+    """16 kHz float speech as 200 ms chunks (the last one padded with silence)."""
+    pcm = np.pad(pcm, (0, -len(pcm) % IN_SAMPLES))
+    return [pcm[i : i + IN_SAMPLES] for i in range(0, len(pcm), IN_SAMPLES)]
+
+
+def _pcm16(chunk: np.ndarray) -> bytes:
+    return (np.clip(chunk, -1, 1) * 32767).astype("<i2").tobytes()
+
+
 @pytest.mark.timeout(120)
 def test_speech_then_silence_gets_an_answer_and_a_barge_in_stops_it(model):
     engine = _engine(model, slots=2, policy="hybrid", silence_threshold_ms=600)
     engine.join("talker")
-    speech = synthesize("Hello there, could you tell me the weather today?", sample_rate=16_000)
-    ticks = [speech[i : i + IN_SAMPLES] for i in range(0, len(speech), IN_SAMPLES)]
-    ticks[-1] = np.pad(ticks[-1], (0, IN_SAMPLES - len(ticks[-1])))
-    stream = ticks + [np.zeros(IN_SAMPLES, np.float32)] * 6 + ticks[:3]
+    ticks = _chunks(synthesize("Hello there, could you tell me the weather today?", sample_rate=16_000))
+    onset = len(ticks) + 6
+    stream = ticks + [np.zeros(IN_SAMPLES, np.float32)] * 6 + ticks
     timeline = []
     for tick, chunk in enumerate(stream):
-        engine.submit_audio("talker", (chunk * 32767).astype("<i2").tobytes())
+        engine.submit_audio("talker", _pcm16(chunk))
         [out] = engine.tick()
         timeline.append((tick, out.speech, [(e.kind, e.cause) for e in out.events]))
     started = [t for t, _, ev in timeline if (TurnEventKind.MODEL_SPEECH_STARTED, "threshold") in ev]
     interrupted = [t for t, _, ev in timeline if (TurnEventKind.INTERRUPTED, "vad") in ev]
     assert started and len(ticks) <= started[0] <= len(ticks) + 4
-    assert interrupted and interrupted[0] <= len(ticks) + 6 + 1  # within one tick of the onset
+    # silent within one tick of the onset; stopped once the speech outlasted a backchannel (4 ticks more)
+    assert interrupted and onset + 4 <= interrupted[0] <= onset + 5
     speaking_ticks = [t for t, speech_out, _ in timeline if speech_out]
-    assert speaking_ticks and all(started[0] <= t < interrupted[0] for t in speaking_ticks)
+    assert speaking_ticks and all(started[0] <= t <= onset for t in speaking_ticks)
+
+
+@pytest.fixture(scope="module")
+def replies(model):
+    """The default policy (`model`: the shipped detector decides) on real speech, two sessions of
+    one engine: a statement, silence until the model has spoken for two ticks, then "Mm-hm."
+    (ack) or a long barge-in (barge), then silence. Per session: the reply's onset tick and
+    (speech, events, pcm16) per tick."""
+    engine = _engine(model, slots=2, policy="model", head_calibrated=model.cfg.turn_head_calibrated)
+    statement = _chunks(synthesize("I would like to book a table for two people tonight at eight."))
+    said = {"ack": _chunks(synthesize("Mm-hm.")),
+            "barge": _chunks(synthesize("Actually I would rather hear about the trains to Paris tomorrow morning."))}
+    silence = [np.zeros(IN_SAMPLES, np.float32)]
+    queued, onset, timeline = {n: list(statement) for n in said}, {}, {n: [] for n in said}
+    for name in said:
+        engine.join(name)
+    for tick in range(80):
+        for name in said:
+            if not queued[name] and name not in onset and [o[0] for o in timeline[name][-2:]] == [True, True]:
+                onset[name], queued[name] = tick, said[name] + silence * 6
+            engine.submit_audio(name, _pcm16(queued[name].pop(0) if queued[name] else silence[0]))
+        for out in engine.tick():
+            timeline[out.session_id].append((out.speech, [(e.kind, e.cause, e.epoch) for e in out.events], out.pcm16))
+        if len(onset) == len(said) and not any(queued.values()):
+            break  # both replies and the silence after them are in
+    assert set(onset) == set(said), "the model never took the floor after the statement"
+    return onset, timeline
+
+
+@pytest.mark.timeout(180)
+def test_a_backchannel_keeps_the_floor_and_a_barge_in_stops_it(replies):
+    onset, timeline = replies
+    ack = timeline["ack"][onset["ack"]:]
+    kinds = [[kind for kind, _, _ in events] for _, events, _ in ack]
+    assert not any(TurnEventKind.INTERRUPTED in k or TurnEventKind.YIELDED in k for k in kinds[:8])
+    heard = [i for i, k in enumerate(kinds) if TurnEventKind.BACKCHANNEL_HEARD in k]
+    assert heard and heard[0] <= 6 and all(speech for speech, _, _ in ack[heard[0]:heard[0] + 3])  # resumed
+    assert all(epoch == 0 for _, events, _ in timeline["ack"] for _, _, epoch in events)
+    barge = timeline["barge"][onset["barge"]:]
+    [heard] = [i for i, (_, events, _) in enumerate(barge) if (TurnEventKind.USER_SPEECH_STARTED, "head", 0) in events]
+    stops = [i for i, (_, events, _) in enumerate(barge) if (TurnEventKind.INTERRUPTED, "head", 0) in events]
+    assert heard <= 2 and stops and stops[0] == heard + 4  # 800 ms of speech after the tick it was heard in
+    assert not any(speech for speech, _, _ in barge[heard:stops[0] + 1])  # silent from that very tick on
+
+
+@pytest.mark.timeout(180)
+def test_the_voice_plays_at_a_normal_level(replies):
+    _, timeline = replies
+    pcm = np.concatenate([np.frombuffer(pcm16, "<i2") for ticks in timeline.values()
+                          for speech, _, pcm16 in ticks if speech]).astype(np.float64) / 32768
+    rms_db, peak_db = 10 * np.log10(np.mean(pcm**2)), 20 * np.log10(np.abs(pcm).max())
+    assert len(pcm) >= 8 * OUT_SAMPLES and -23 <= rms_db <= -17 and peak_db < -1, (rms_db, peak_db)
 
 
 @pytest.mark.slow
@@ -245,6 +307,39 @@ def test_results_are_woven_at_a_tick_boundary_before_the_clients_text(model):
     assert _text_ids(engine) == [ord("c"), ord("h")] and second.woven == []
     engine.tick()
     assert _text_ids(engine) == [ord("i"), PAD_ID]
+
+
+def test_a_result_waits_for_the_user_at_most_weave_max_wait_ms(model):
+    """A speech detector stuck on (steady background sound) must not hold results forever."""
+    from foreground.engine.tick_scheduler import WovenResult
+    from foreground.model.config import PAD_ID
+
+    engine = _engine(model, weave_max_wait_ms=1000)  # 5 ticks
+    engine.join("s")
+    turn = engine.slots.get("s").extra["turn"]
+    engine.submit_result("s", "late", WovenResult("ev-1", "j", 0, 1))
+    woven, text = [], []
+    for _ in range(7):
+        turn.user_speaking = True  # as the detector says each tick
+        woven.append([w.event_id for w in engine.tick()[0].woven])
+        text.append(_text_ids(engine))
+    assert woven == [[]] * 5 + [["ev-1"], []]
+    assert text == [[PAD_ID, PAD_ID]] * 5 + [[ord("l"), ord("a")], [ord("t"), ord("e")]]
+
+
+def test_an_older_epochs_result_still_waits_for_the_user(model):
+    from foreground.engine.tick_scheduler import WovenResult
+
+    engine = _engine(model, weave_max_wait_ms=200)
+    engine.join("s")
+    turn = engine.slots.get("s").extra["turn"]
+    engine.submit_result("s", "stale", WovenResult("ev-1", "j", 0, 1))
+    turn.epoch = 1  # the user barged in since the job started
+    for _ in range(4):
+        turn.user_speaking = True
+        assert engine.tick()[0].woven == []
+    turn.user_speaking = False
+    assert [w.event_id for w in engine.tick()[0].woven] == ["ev-1"]
 
 
 def test_results_wait_while_the_user_speaks_unless_urgent(model):

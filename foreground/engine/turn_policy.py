@@ -2,8 +2,8 @@
 
 - `model`: the turn head alone decides (the announcement's intent).
 - `vad`: the Silero VAD on the user's stream decides everything: take a free floor after a
-  silence threshold, stop as soon as the user speaks.
-- `hybrid`: the VAD guards the user's side (the model stops in the tick the user starts and
+  silence threshold, go silent as soon as the user speaks (see "the hold").
+- `hybrid`: the VAD guards the user's side (the model goes silent in the tick the user starts and
   never starts over the user); the turn head decides when to take a free floor, falling back to
   the silence threshold while the head is uncalibrated (seeded weights).
 - `auto` (the configured default, resolved once per replica by `resolve_policy`): `model` when
@@ -16,13 +16,13 @@ speaks, its END logit > 0 (the threshold is folded into its bias) that a silence
 all; `hybrid` takes a free floor on a turn end and keeps the VAD guard. The seeded backbone cannot end its own turn, so
 `max_turn_ticks` caps the model's turns under every policy then.
 
-The hold (detector policies, and `vad`/`hybrid`): user speech while the model speaks does not
-stop it at once. A first decision hears at most one tick (200 ms) of that speech, too little to
-tell an acknowledgement ("mm-hm", "yeah": Full-Duplex-Bench v1.5's user backchannel; a published
-system resumes after 93% of them) from a barge-in. So the model keeps the floor
-but goes silent in that very tick (the stop latency a listener hears does not grow); if the
-speech ends within `backchannel_max_ms` it resumes (BACKCHANNEL_HEARD, same epoch), if it goes
-on longer it stops as before (INTERRUPTED, epoch + 1).
+The hold (every policy but `model` on an uncalibrated head, whose head alone decides): user
+speech while the model speaks does not stop it at once. A first decision hears at most one tick
+(200 ms) of that speech, too little to tell an acknowledgement ("mm-hm", "yeah":
+Full-Duplex-Bench v1.5's user backchannel; a published system resumes after 93% of them) from a
+barge-in. So the model keeps the floor but goes silent in that very tick (the stop latency a
+listener hears does not grow); if the speech ends within `backchannel_max_ms` it resumes
+(BACKCHANNEL_HEARD, same epoch), if it goes on longer it stops as before (INTERRUPTED, epoch + 1).
 
 Causes: "head", "vad", "threshold", "length" (a turn reached `max_turn_ticks`).
 """
@@ -108,7 +108,7 @@ class TurnState:
 
 @dataclass(frozen=True)
 class TickDecision:
-    speak: bool
+    speak: bool  # the model's audio and text go out this tick (not while it holds the floor silently)
     delegate: bool
     events: list[TurnEvent]
 
