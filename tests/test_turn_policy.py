@@ -71,14 +71,23 @@ def test_the_model_policy_holds_on_the_detector_and_zero_turns_the_hold_off():
     talk, quiet = [5.0, -9.0], [-5.0, -3.0]
     policy = TurnPolicy(TurnPolicyConfig(policy="model", head_calibrated=True))
     state = TurnState(model_speaking=True)
-    held = policy.decide(state, 0, SILENCE, HEAD_LISTEN, -5.0, detector_logits=talk)  # the VAD is not asked
-    resumed = policy.decide(state, 1, SPEECH, HEAD_LISTEN, -5.0, detector_logits=quiet)
+    held = policy.decide(state, 0, SPEECH, HEAD_LISTEN, -5.0, detector_logits=talk)
+    resumed = policy.decide(state, 1, SPEECH, HEAD_LISTEN, -5.0, detector_logits=quiet)  # the VAD alone: no
     assert [held.speak, resumed.speak] == [False, True] and state.epoch == 0
     assert (K.BACKCHANNEL_HEARD, "head") in _kinds(resumed)
     at_once = TurnPolicy(TurnPolicyConfig(policy="model", head_calibrated=True, backchannel_max_ms=0))
     state = TurnState(model_speaking=True)
-    stop = at_once.decide(state, 0, SILENCE, HEAD_LISTEN, -5.0, detector_logits=talk)
+    stop = at_once.decide(state, 0, SPEECH, HEAD_LISTEN, -5.0, detector_logits=talk)
     assert not stop.speak and (K.INTERRUPTED, "head") in _kinds(stop) and state.epoch == 1
+
+
+def test_under_the_model_policy_sound_the_vad_does_not_call_speech_is_not_the_user():
+    talk = [5.0, -9.0]
+    policy = TurnPolicy(TurnPolicyConfig(policy="model", head_calibrated=True))
+    state = TurnState(model_speaking=True)
+    decisions = [policy.decide(state, i, SILENCE, HEAD_LISTEN, -5.0, detector_logits=talk) for i in range(6)]
+    assert all(d.speak for d in decisions) and not state.user_speaking and state.epoch == 0
+    assert not any(e.kind in (K.USER_SPEECH_STARTED, K.INTERRUPTED) for d in decisions for e in d.events)
 
 
 def test_the_length_cap_applies_once_a_hold_resolves():

@@ -140,7 +140,7 @@ def test_the_model_policy_follows_the_detector_alone():
     policy = TurnPolicy(TurnPolicyConfig(policy="model", head_calibrated=True, backchannel_max_ms=0))  # no hold
     state = TurnState()
     steps = [(SILENT, QUIET_END), (VOICED, TALK), (SILENT, QUIET_PAUSE), (SILENT, QUIET_END),
-             (SILENT, TALK)]  # the VAD is ignored: the detector hears the barge-in
+             (VOICED, TALK)]  # the VAD alone does not decide; it confirms the detector's speech
     decisions = [policy.decide(state, i, vad, HEAD, -9.0, detector_logits=d) for i, (vad, d) in enumerate(steps)]
     assert [d.speak for d in decisions] == [False, False, False, True, False]  # nothing said yet at 0
     assert (K.MODEL_SPEECH_STARTED, "head") in [(e.kind, e.cause) for e in decisions[3].events]

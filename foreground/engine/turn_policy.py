@@ -12,8 +12,13 @@
 With a calibrated checkpoint (`head_calibrated`: its end-of-turn detector was trained, see
 `foreground.model.turn_detector`), "the head" is the detector: its SPEECH logit > 0 says the user
 speaks, its END logit > 0 (the threshold is folded into its bias) that a silence is a turn end.
-`model` then takes the floor on a turn end and stops on user speech (barge-in), with no VAD at
-all; `hybrid` takes a free floor on a turn end and keeps the VAD guard. The seeded backbone cannot end its own turn, so
+Under `model` the user speaks only when the Silero VAD hears speech in the same tick: the
+detector, trained with background sound, still takes a loud steady tone (a -17 dBFS sine at a
+voice's pitch) for speech, which Silero does not, and a false "the user speaks" holds the floor
+and every background result.
+`model` then takes the floor on a turn end and stops on user speech (barge-in), the VAD only
+confirming that speech is speech; `hybrid` takes a free floor on a turn end and keeps the VAD
+guard (the VAD alone says when the user speaks). The seeded backbone cannot end its own turn, so
 `max_turn_ticks` caps the model's turns under every policy then.
 
 The hold (every policy but `model` on an uncalibrated head, whose head alone decides): user
@@ -134,6 +139,8 @@ class TurnPolicy:
                            detector_logits: list[float], events: list[TurnEvent]) -> None:
         cfg = self.config
         speech = detector_logits[DETECTOR_SPEECH] > 0.0
+        if cfg.policy == "model":  # speech, not sound: Silero must hear speech in this tick too
+            speech = speech and any(p >= cfg.vad_threshold for p in vad_probs)
         turn_ended = not speech and detector_logits[DETECTOR_END] > 0.0
         if cfg.policy == "model":
             user_active = self._track_user_by_detector(state, speech, events)
