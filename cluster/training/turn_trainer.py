@@ -109,7 +109,7 @@ def train_turns(out_dir: Path, cfg: TrainTurnsConfig = TrainTurnsConfig()) -> Tr
         model_cfg = replace(model_cfg, turn_detector=replace(model_cfg.turn_detector,
                                                              context_time_constants_s=tuple(cfg.context_s)))
     train_utts, val_utts = corpus(cfg)
-    log.info("synthesising %d training and %d validation utterances (espeak-ng, fresh process)",
+    log.info("synthesising %d training and %d validation utterances (espeak-ng and flite, fresh process)",
              len(train_utts), len(val_utts))
     audio = synthesize_utterances(train_utts + val_utts)
     scenes = SceneConfig() if cfg.acoustic_scenes else None
