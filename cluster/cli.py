@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--tail-s", type=float, default=3.0, help="seconds of silence after the WAV")
     talk.add_argument("--policy", choices=["model", "vad", "hybrid"], help="turn policy (default: the server's)")
 
-    bench = commands.add_parser("bench", help="benchmarks: tick | load | duplex | compare")
+    bench = commands.add_parser("bench", help="benchmarks: tick | load | duplex | compare | parity | moshi-ref")
     kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
     tick = kinds.add_parser("tick", help="sessions per foreground replica in real time")
     tick.add_argument("--sessions", type=int, default=64)
@@ -86,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     checkpoint = commands.add_parser("checkpoint", help="checkpoints: init")
     actions = checkpoint.add_subparsers(dest="action", required=True, metavar="ACTION")
-    init = actions.add_parser("init", help="write the seeded tiny checkpoint")
+    init = actions.add_parser("init", help="write a seeded checkpoint (reference model or Moshi family)")
     init.add_argument("dir", type=Path)
+    init.add_argument("--family", choices=["reference", "moshi"], default="reference",
+                      help="reference: microturn's own model; moshi: Kyutai's layout (default: reference)")
     init.add_argument("--preset", default="tiny")
     init.add_argument("--seed", type=int, default=0)
 
@@ -139,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"checkpoint": str(result.checkpoint), **result.report}, indent=2))
         return 0
     if args.command == "checkpoint":
+        if args.family == "moshi":
+            from foreground.moshi.seeded import write_seeded_moshi
+
+            print(write_seeded_moshi(args.dir, args.preset, args.seed))
+            return 0
         from foreground.model.checkpoint import write_seeded_checkpoint
 
         print(write_seeded_checkpoint(args.dir, args.preset, args.seed))
@@ -148,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
 
         result = run_tick_bench(args.sessions, args.ticks, args.preset, args.checkpoint, args.policy)
         return _report(result, args.json)
+    if args.command == "bench" and args.kind == "parity":
+        from cluster.bench.parity import run_parity
+
+        return _report(run_parity(args.checkpoint, args.sessions, args.frames), args.json)
+    if args.command == "bench" and args.kind == "moshi-ref":
+        from cluster.bench.moshi_ref import run_moshi_ref
+
+        return _report(run_moshi_ref(args.checkpoint, args.sessions, args.frames), args.json)
     if args.command == "bench" and args.kind == "load":
         from cluster.bench.load import run_load
 

@@ -30,7 +30,7 @@ from foreground.engine.percentiles import percentile
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_scheduler import TickScheduler
 from foreground.engine.turn_policy import TurnPolicyConfig, resolve_policy
-from foreground.model.checkpoint import ensure_seeded_checkpoint, load_checkpoint
+from foreground.family_loader import load_family
 from foreground.serve.free_slot_router import FreeSlotRouter
 from foreground.serve.interaction_service import ReplicaInteractionService
 from foreground.serve.job_sink import RedisJobSink
@@ -79,17 +79,17 @@ class ForegroundReplica:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         torch.set_num_threads(settings.threads or max(1, int(os.environ.get("OMP_NUM_THREADS", "0"))
                                                       or len(os.sched_getaffinity(0))))
-        model = load_checkpoint(settings.checkpoint or ensure_seeded_checkpoint(settings.preset))
+        family = load_family(settings.checkpoint, settings.preset)
         self.bus = EventBus.from_url(settings.redis_url) if settings.redis_url else None
         jobs = RedisJobSink(JobStream(self.bus.redis), asyncio.get_running_loop()) if self.bus else None
         # A checkpoint with a trained end-of-turn detector (the seeded default ships one) says so.
-        calibrated = model.cfg.turn_head_calibrated
+        calibrated = family.head_calibrated
         turn = TurnPolicyConfig(policy=resolve_policy(settings.turn_policy, calibrated), head_calibrated=calibrated,
                                 backchannel_max_ms=settings.backchannel_max_ms,
                                 weave_max_wait_ms=settings.weave_max_wait_ms)
         log.info("turn policy %s (configured: %s; turn head %s)", turn.policy, settings.turn_policy,
                  "trained" if calibrated else "seeded")
-        engine = TickScheduler(model, settings.max_sessions, turn, jobs=jobs,
+        engine = TickScheduler(family, settings.max_sessions, turn, jobs=jobs,
                                invariant_kernels=settings.invariant_kernels)
         self.server = grpc.aio.server()
         port = self.server.add_insecure_port(f"{host}:0")
@@ -97,9 +97,9 @@ class ForegroundReplica:
         self.replica_id = _replica_id()
         self.directory = SessionDirectory.from_url(settings.redis_url) if settings.redis_url else None
         self.host = SessionHost(engine, HostSettings(
-            replica_id=self.replica_id, address=self.address, tick_ms=settings.tick_ms,
+            replica_id=self.replica_id, address=self.address, tick_ms=family.shape.tick_ms,
             idle_timeout_s=settings.idle_timeout_s, resume_grace_s=settings.resume_grace_s), self.directory,
-            ForegroundMetrics(self.replica_id, settings.tick_ms))
+            ForegroundMetrics(self.replica_id, family.shape.tick_ms))
         interaction_pb2_grpc.add_InteractionServicer_to_server(ReplicaInteractionService(self.host), self.server)
         self.health = add_standard_services(self.server, [INTERACTION])
         follower = ResultFollower(self.bus, lambda: list(self.host.sessions), self.host.on_event) if self.bus else None

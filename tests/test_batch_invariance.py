@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from foreground.engine.tick_scheduler import TickScheduler
+from foreground.model.family import ReferenceFamily
 from foreground.engine.turn_policy import TurnPolicyConfig
 from foreground.model.checkpoint import load_checkpoint, write_seeded_checkpoint
 
@@ -37,7 +38,7 @@ def _stream(seed: int) -> list[bytes]:
 
 def _run(model, probes: list[str], fillers: list[str], order_seed: int, churn: bool) -> dict:
     """Run probes (and fillers) for TICKS ticks; record each probe's outputs per tick."""
-    engine = TickScheduler(model, max_slots=64, turn=TurnPolicyConfig(policy="vad", silence_threshold_ms=200))
+    engine = TickScheduler(ReferenceFamily(model), max_slots=64, turn=TurnPolicyConfig(policy="vad", silence_threshold_ms=200))
     names = probes + fillers
     random.Random(order_seed).shuffle(names)
     live = set()
@@ -62,8 +63,8 @@ def _run(model, probes: list[str], fillers: list[str], order_seed: int, churn: b
         for p in probes:
             slot = engine.slots.get(p).slot
             record[p].append((outputs[p].pcm16, outputs[p].speech,
-                              engine.outputs.text_ids[slot].clone(), engine.outputs.log_mel[slot].clone(),
-                              engine.outputs.turn_logits[slot].clone(), engine.outputs.delegate_logit[slot].clone()))
+                              engine.family.outputs.text_ids[slot].clone(), engine.family.outputs.log_mel[slot].clone(),
+                              engine.family.outputs.turn_logits[slot].clone(), engine.family.outputs.delegate_logit[slot].clone()))
     return record
 
 

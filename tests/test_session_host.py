@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from foreground.engine.tick_scheduler import TickScheduler
+from foreground.model.family import ReferenceFamily
 from foreground.engine.turn_policy import TurnPolicyConfig
 from foreground.model.checkpoint import load_checkpoint, write_seeded_checkpoint
 from foreground.serve.result_follower import ResultFollower
@@ -24,7 +25,7 @@ def model(tmp_path_factory):
 
 
 async def _host(model, redis_url, **settings):
-    engine = TickScheduler(model, max_slots=2, turn=TurnPolicyConfig())
+    engine = TickScheduler(ReferenceFamily(model), max_slots=2, turn=TurnPolicyConfig())
     bus = EventBus.from_url(redis_url)
     host = SessionHost(engine, HostSettings(replica_id="r1", address="127.0.0.1:1", **settings),
                        SessionDirectory.from_url(redis_url))
@@ -55,10 +56,10 @@ def test_results_reach_the_client_and_are_woven_and_stale_ones_are_not(model, re
         outbox = session.attach()
         await bus.publish(_result(session.session_id, 0, "fresh"))
         fresh = await _collect(outbox, 1.0)
-        host.engine.slots.get(session.session_id).extra["turn"].epoch = 1  # the user barged in
+        host.engine.slots.get(session.session_id).state.turn.epoch = 1  # the user barged in
         await bus.publish(_result(session.session_id, 0, "stale"))
         stale = await _collect(outbox, 1.0)
-        conversation = list(host.engine.slots.get(session.session_id).extra["conversation"])
+        conversation = list(host.engine.slots.get(session.session_id).state.conversation)
         await host.stop()
         await bus.close()
         return fresh, stale, conversation

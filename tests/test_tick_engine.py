@@ -12,6 +12,7 @@ from foreground.engine.allocations import count_tensor_allocations
 from foreground.engine.input_validation import InvalidInput
 from foreground.engine.session_slots import SessionsFull, UnknownSession
 from foreground.engine.tick_scheduler import TickScheduler
+from foreground.model.family import ReferenceFamily
 from foreground.engine.turn_policy import TurnEventKind, TurnPolicyConfig
 from foreground.model.checkpoint import load_checkpoint, write_seeded_checkpoint
 
@@ -24,7 +25,7 @@ def model(tmp_path_factory):
 
 
 def _engine(model, slots=4, **turn):
-    return TickScheduler(model, max_slots=slots, turn=TurnPolicyConfig(**turn))
+    return TickScheduler(ReferenceFamily(model), max_slots=slots, turn=TurnPolicyConfig(**turn))
 
 
 def _tone(freq=220.0, rate=16_000, amp=0.2) -> bytes:
@@ -66,7 +67,7 @@ def test_a_missing_chunk_becomes_silence_and_is_counted(model):
     engine.submit_audio("a", _tone())
     engine.tick()  # b sent nothing
     assert engine.slots.get("b").late_chunks == 1 and engine.slots.get("a").late_chunks == 0
-    assert torch.count_nonzero(engine.buffers.pcm16k[1]) == 0
+    assert torch.count_nonzero(engine.audio.pcm16k[1]) == 0
 
 
 def test_a_session_behind_real_time_catches_up_in_a_pause(model):
@@ -80,7 +81,7 @@ def test_a_session_behind_real_time_catches_up_in_a_pause(model):
     assert engine.slots.get("slipped").skipped_chunks == 0
     engine.tick()  # behind and silent: one chunk is skipped to catch up
     record = engine.slots.get("slipped")
-    assert record.skipped_chunks == 1 and record.extra["queue_size"] == 0
+    assert record.skipped_chunks == 1 and record.state.queue_size == 0
 
 
 def test_a_flooding_client_loses_its_oldest_chunks_not_real_time(model):
@@ -90,7 +91,7 @@ def test_a_flooding_client_loses_its_oldest_chunks_not_real_time(model):
         engine.submit_audio("fast", _tone())
     engine.tick()
     record = engine.slots.get("fast")
-    assert record.dropped_chunks == 2 and record.extra["queue_size"] == 3
+    assert record.dropped_chunks == 2 and record.state.queue_size == 3
 
 
 @pytest.mark.parametrize(
@@ -122,9 +123,9 @@ def test_oversized_and_malformed_frames_are_refused(model):
     with pytest.raises(InvalidInput, match="video.raw.rgb"):
         engine.submit_video("cam", raw_rgb=b"\x00" * 10, width=2, height=2)
     engine.submit_video("cam", raw_rgb=bytes(range(48)), width=4, height=4)
-    assert bool(engine.inputs.has_video[0])
+    assert bool(engine.family.inputs.has_video[0])
     engine.tick()
-    assert not bool(engine.inputs.has_video[0])  # a frame counts for one tick
+    assert not bool(engine.family.inputs.has_video[0])  # a frame counts for one tick
 
 
 def test_unknown_sessions_and_full_replicas(model):
@@ -150,16 +151,16 @@ def test_leaving_moves_the_last_session_with_all_its_state(model):
             engine.submit_audio(name, _tone(300 if name == "c" else 200))
         engine.tick()
     c_before = engine.slots.get("c")
-    kv_before = engine.cache.k[0][2].clone()
-    pos_before = int(engine.cache.next_pos[2])
+    kv_before = engine.family.cache.k[0][2].clone()
+    pos_before = int(engine.family.cache.next_pos[2])
     ticks_before = c_before.ticks
     engine.leave("a")
     c = engine.slots.get("c")
     assert c.slot == 0 and engine.slots.live == 2
-    assert torch.equal(engine.cache.k[0][0], kv_before) and int(engine.cache.next_pos[0]) == pos_before
+    assert torch.equal(engine.family.cache.k[0][0], kv_before) and int(engine.family.cache.next_pos[0]) == pos_before
     assert c.ticks == ticks_before
     engine.join("d")  # takes slot 2, fresh
-    assert engine.slots.get("d").slot == 2 and int(engine.cache.next_pos[2]) == 0
+    assert engine.slots.get("d").slot == 2 and int(engine.family.cache.next_pos[2]) == 0
     for name in ("b", "c", "d"):
         engine.submit_audio(name, _tone())
     assert [o.session_id for o in engine.tick()] == ["c", "b", "d"]
@@ -270,8 +271,8 @@ def test_two_thousand_ticks_of_one_session_keep_memory_flat(model):
     assert allocations == 0
     assert rss[1] <= rss[0] * 1.01
     tokens = 2100 * model.cfg.tokens_per_tick
-    assert int(engine.cache.next_pos[0]) == tokens  # the ring wrapped ~100 times
-    entries = sorted(engine.cache.entry_pos[0].tolist())
+    assert int(engine.family.cache.next_pos[0]) == tokens  # the ring wrapped ~100 times
+    entries = sorted(engine.family.cache.entry_pos[0].tolist())
     sinks, window = model.cfg.attention_sinks, model.cfg.attention_window
     assert entries == list(range(sinks)) + list(range(tokens - window, tokens))
 
@@ -279,7 +280,7 @@ def test_two_thousand_ticks_of_one_session_keep_memory_flat(model):
 def test_the_delegate_head_hands_a_job_to_the_sink(tmp_path):
     model = load_checkpoint(write_seeded_checkpoint(tmp_path, "tiny", seed=0))
     model.interaction.delegate_head.bias.fill_(10.0)  # a head that always wants help
-    engine = TickScheduler(model, max_slots=2, turn=TurnPolicyConfig(delegate_cooldown_ticks=5))
+    engine = TickScheduler(ReferenceFamily(model), max_slots=2, turn=TurnPolicyConfig(delegate_cooldown_ticks=5))
     engine.join("asker")
     engine.submit_text("asker", "what is the weather in Paris?")
     delegated = [out.delegated_job_id for _ in range(6) for out in engine.tick()]
@@ -290,7 +291,7 @@ def test_the_delegate_head_hands_a_job_to_the_sink(tmp_path):
 
 
 def _text_ids(engine, slot=0):
-    return engine.inputs.text_ids[slot].tolist()
+    return engine.family.inputs.text_ids[slot].tolist()
 
 
 def test_results_are_woven_at_a_tick_boundary_before_the_clients_text(model):
@@ -316,7 +317,7 @@ def test_a_result_waits_for_the_user_at_most_weave_max_wait_ms(model):
 
     engine = _engine(model, weave_max_wait_ms=1000)  # 5 ticks
     engine.join("s")
-    turn = engine.slots.get("s").extra["turn"]
+    turn = engine.slots.get("s").state.turn
     engine.submit_result("s", "late", WovenResult("ev-1", "j", 0, 1))
     woven, text = [], []
     for _ in range(7):
@@ -332,7 +333,7 @@ def test_an_older_epochs_result_still_waits_for_the_user(model):
 
     engine = _engine(model, weave_max_wait_ms=200)
     engine.join("s")
-    turn = engine.slots.get("s").extra["turn"]
+    turn = engine.slots.get("s").state.turn
     engine.submit_result("s", "stale", WovenResult("ev-1", "j", 0, 1))
     turn.epoch = 1  # the user barged in since the job started
     for _ in range(4):
@@ -348,11 +349,11 @@ def test_results_wait_while_the_user_speaks_unless_urgent(model):
 
     engine = _engine(model)
     engine.join("s")
-    engine.slots.get("s").extra["turn"].user_speaking = True
+    engine.slots.get("s").state.turn.user_speaking = True
     engine.submit_result("s", "later", WovenResult("ev-1", "j", 0, 1))
     engine.tick()
     assert _text_ids(engine) == [PAD_ID, PAD_ID]
-    engine.slots.get("s").extra["turn"].user_speaking = True
+    engine.slots.get("s").state.turn.user_speaking = True
     engine.submit_result("s", "now", WovenResult("ev-2", "j", 0, 1), urgent=True)
     out = engine.tick()[0]
     assert _text_ids(engine) == [ord("n"), ord("o")] and [w.event_id for w in out.woven] == ["ev-2"]

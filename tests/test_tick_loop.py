@@ -7,6 +7,7 @@ import pytest
 
 from foreground.engine.tick_loop import TickLoop
 from foreground.engine.tick_scheduler import TickScheduler
+from foreground.model.family import ReferenceFamily
 from foreground.engine.turn_policy import TurnPolicyConfig
 from foreground.model.checkpoint import load_checkpoint, write_seeded_checkpoint
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     model = load_checkpoint(write_seeded_checkpoint(tmp_path_factory.mktemp("ck"), "tiny", seed=0))
-    engine = TickScheduler(model, max_slots=2, turn=TurnPolicyConfig())
+    engine = TickScheduler(ReferenceFamily(model), max_slots=2, turn=TurnPolicyConfig())
     engine.join("s")
     return engine
 

@@ -7,6 +7,7 @@ import pytest
 
 from cluster.backgrounds import background, mix_at_snr
 from foreground.engine.tick_scheduler import TickScheduler
+from foreground.model.family import ReferenceFamily
 from foreground.engine.turn_policy import TurnPolicyConfig
 from foreground.model.checkpoint import TRAINED_DETECTOR, load_checkpoint, write_seeded_checkpoint
 from foreground.model.turn_detector import SPEECH
@@ -35,7 +36,7 @@ def test_noise_hum_and_tones_alone_are_not_the_user_speaking(shipped):
     tracks = {f"{kind}@{level}": _at_dbfs(background(kind, n, RATE, rng), level)
               for kind in ("white", "pink", "hum", "tones", "fluctuating") for level in (-45, -30, -15)}
     tracks["sine@-17"] = _at_dbfs(np.sin(2 * np.pi * 150 * np.arange(n) / RATE), -17)
-    engine = TickScheduler(shipped, max_slots=len(tracks),
+    engine = TickScheduler(ReferenceFamily(shipped), max_slots=len(tracks),
                            turn=TurnPolicyConfig(policy="model", head_calibrated=True))
     for name in tracks:
         engine.join(name)
@@ -44,7 +45,7 @@ def test_noise_hum_and_tones_alone_are_not_the_user_speaking(shipped):
         for name, track in tracks.items():
             engine.submit_audio(name, track[k * TICK:(k + 1) * TICK].astype("<i2").tobytes())
         for out in engine.tick():
-            heard[out.session_id] += engine.slots.get(out.session_id).extra["turn"].user_speaking
+            heard[out.session_id] += engine.slots.get(out.session_id).state.turn.user_speaking
     music = {k: v for k, v in heard.items() if k.startswith("tones")}
     steady = {k: v for k, v in heard.items() if k not in music}
     assert all(v == 0 for v in steady.values()), f"ticks in which the user was said to speak: {heard}"

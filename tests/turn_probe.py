@@ -5,6 +5,7 @@ import torch
 
 from cluster.speech import synthesize
 from foreground.engine.tick_scheduler import TickScheduler
+from foreground.model.family import ReferenceFamily
 from foreground.engine.turn_policy import TurnPolicyConfig
 
 TICK = 3200
@@ -20,7 +21,7 @@ def speech_track(text: str, lead_ticks: int, tail_ticks: int, voice: str = "en-u
 
 def engine_logits(model, tracks: dict[str, np.ndarray], policy: str = "model") -> dict[str, torch.Tensor]:
     """Each track as a session of one engine; the detector's logits per tick."""
-    engine = TickScheduler(model, max_slots=len(tracks) + 1,
+    engine = TickScheduler(ReferenceFamily(model), max_slots=len(tracks) + 1,
                            turn=TurnPolicyConfig(policy=policy, head_calibrated=model.cfg.turn_head_calibrated))
     for name in tracks:
         engine.join(name)
@@ -31,5 +32,5 @@ def engine_logits(model, tracks: dict[str, np.ndarray], policy: str = "model") -
             engine.submit_audio(name, track[k * TICK:(k + 1) * TICK].astype("<i2").tobytes())
         engine.tick()
         for name in tracks:
-            out[name].append(engine.outputs.turn_detector_logits[engine.slots.get(name).slot].clone())
+            out[name].append(engine.family.outputs.turn_detector_logits[engine.slots.get(name).slot].clone())
     return {name: torch.stack(rows) for name, rows in out.items()}

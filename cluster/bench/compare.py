@@ -39,6 +39,7 @@ from cluster.bench.tick import synthetic_chunks
 from cluster.bench.vllm_backbone import BLOCK_SIZE, VllmBackbone, seeded_ids
 from foreground.engine.percentiles import percentile
 from foreground.engine.tick_scheduler import TickScheduler
+from foreground.model.family import ReferenceFamily
 from foreground.engine.turn_policy import TurnPolicyConfig
 from foreground.model.checkpoint import ensure_seeded_checkpoint, load_checkpoint
 from foreground.model.interaction_model import InteractionModel
@@ -149,14 +150,14 @@ class _MicroturnRun:
     step and the backbone timed inside each tick by wrapping them on this engine only."""
 
     def __init__(self, model: InteractionModel, sessions: int) -> None:
-        self.engine = TickScheduler(model, max_slots=sessions, turn=TurnPolicyConfig(policy="hybrid"))
+        self.engine = TickScheduler(ReferenceFamily(model), max_slots=sessions, turn=TurnPolicyConfig(policy="hybrid"))
         self.names = [f"compare-{i}" for i in range(sessions)]
         for i, name in enumerate(self.names):
             self.engine.join(name, seed=i)
         self.chunks = synthetic_chunks(sessions, model.cfg.audio.input_samples_per_tick, seed=0)
         self.ms: dict[str, list[float]] = {"tick": [], "model_step": [], "backbone": []}
         self._inner: dict[str, list[float]] = {"model_step": [], "backbone": []}
-        runner = self.engine.runner
+        runner = self.engine.family.runner
         runner.step = _timed(runner.step, self._inner["model_step"])
         runner.backbone.step = _timed(runner.backbone.step, self._inner["backbone"])
 

@@ -1,6 +1,6 @@
 """`microturn bench tick`: how many sessions one foreground replica carries in real time.
 
-N sessions join one `TickScheduler`; every tick each session submits a 200 ms chunk (a
+N sessions join one `TickScheduler`; every tick each session submits a tick's chunk (a
 seeded mix of tones and noise at speech level, different per session) and the engine runs one
 batched tick. Ticks run back to back (no sleeping) after warm-up, in three phases:
 
@@ -10,7 +10,8 @@ batched tick. Ticks run back to back (no sleeping) after warm-up, in three phase
 
 Then every session is replayed alone through phase 1 (same chunks, same seed) and its digests
 compared: `invariant` is true when all are bitwise equal. RSS is compared between the end of
-warm-up and the end of phase 1.
+warm-up and the end of phase 1. Either model family: `--checkpoint` a Moshi-family folder and a
+tick is one 80 ms frame (`tick_ms_*` are then per frame, `realtime` means p99 < 80 ms).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from foreground.engine.percentiles import percentile
 from foreground.engine.allocations import count_tensor_allocations
 from foreground.engine.tick_scheduler import TickScheduler
 from foreground.engine.turn_policy import TurnPolicyConfig
+from foreground.family_loader import load_family
 from foreground.kernels.matmul import use_invariant_kernels
-from foreground.model.checkpoint import ensure_seeded_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -69,24 +70,22 @@ class _Driver:
     def _digest(self, out) -> str:
         e, slot = self.engine, self.engine.slots.get(out.session_id).slot
         h = hashlib.blake2b(out.pcm16, digest_size=16)
-        for t in (e.outputs.text_ids[slot], e.outputs.log_mel[slot], e.outputs.turn_logits[slot],
-                  e.outputs.delegate_logit[slot]):
+        for t in e.family.output_rows(slot):
             h.update(t.numpy().tobytes())
         return h.hexdigest()
 
 
-def _new_engine(model, slots: int, policy: str) -> TickScheduler:
-    return TickScheduler(model, max_slots=slots, turn=TurnPolicyConfig(policy=policy))
+def _new_engine(checkpoint, preset: str, slots: int, policy: str) -> TickScheduler:
+    return TickScheduler(load_family(checkpoint, preset), max_slots=slots, turn=TurnPolicyConfig(policy=policy))
 
 
 def run_tick_bench(sessions: int, ticks: int, preset: str = "tiny", checkpoint=None,
                    turn_policy: str = "hybrid", check_invariance: bool = True) -> dict:
-    model = load_checkpoint(checkpoint or ensure_seeded_checkpoint(preset))
-    engine = _new_engine(model, sessions, turn_policy)
+    engine = _new_engine(checkpoint, preset, sessions, turn_policy)
     names = [f"bench-{i}" for i in range(sessions)]
     for i, name in enumerate(names):
         engine.join(name, seed=i)
-    chunks = synthetic_chunks(sessions, model.cfg.audio.input_samples_per_tick, seed=0)
+    chunks = synthetic_chunks(sessions, engine.shape.samples(16_000), seed=0)
     driver = _Driver(engine, names, chunks)
 
     digests: dict[str, list[str]] = {}
@@ -115,19 +114,21 @@ def run_tick_bench(sessions: int, ticks: int, preset: str = "tiny", checkpoint=N
         for op, n in report.by_op.items():
             by_op[op] = by_op.get(op, 0) + n
 
-    invariant = _replay_alone(model, names, chunks, digests, WARMUP_TICKS + ticks, turn_policy) \
+    invariant = _replay_alone(checkpoint, preset, names, chunks, digests, WARMUP_TICKS + ticks, turn_policy) \
         if check_invariance else None
     p99 = percentile(invariant_ms, 99)
     return {
         "bench": "tick",
-        "preset": preset,
+        "family": engine.shape.name,
+        "preset": preset if checkpoint is None else str(checkpoint),
+        "tick_budget_ms": engine.shape.tick_ms,
         "sessions": sessions,
         "ticks": ticks,
         "threads": torch.get_num_threads(),
         "tick_ms_p50": round(percentile(invariant_ms, 50), 2),
         "tick_ms_p99": round(p99, 2),
         "tick_ms_max": round(max(invariant_ms), 2),
-        "realtime": p99 < model.cfg.audio.tick_ms,
+        "realtime": p99 < engine.shape.tick_ms,
         "fast_tick_ms_p50": round(percentile(fast_ms, 50), 2),
         "fast_tick_ms_p99": round(percentile(fast_ms, 99), 2),
         "invariant_overhead_ratio": round(percentile(invariant_ms, 50) / percentile(fast_ms, 50), 3),
@@ -141,9 +142,9 @@ def run_tick_bench(sessions: int, ticks: int, preset: str = "tiny", checkpoint=N
     }
 
 
-def _replay_alone(model, names, chunks, digests, ticks: int, policy: str) -> bool:
+def _replay_alone(checkpoint, preset, names, chunks, digests, ticks: int, policy: str) -> bool:
     """Each session alone (one slot of a fresh-state engine), same chunks: same digests?"""
-    solo = _new_engine(model, 1, policy)
+    solo = _new_engine(checkpoint, preset, 1, policy)
     for i, (name, chunk) in enumerate(zip(names, chunks, strict=True)):
         solo.join(name, seed=i)
         alone: dict[str, list[str]] = {}

@@ -40,6 +40,7 @@ from cluster.conversation.script import voiced_extent
 from cluster.training.turn_corpus import TEST_INTERRUPTIONS, TEST_TURNS, TEST_VOICES, test_utterance
 from cluster.training.turn_synth import SynthRequest, synthesize_fresh
 from foreground.engine.tick_scheduler import TickScheduler
+from foreground.model.family import ReferenceFamily
 from foreground.engine.turn_policy import TurnPolicyConfig
 from foreground.model.checkpoint import ensure_seeded_checkpoint, load_checkpoint
 
@@ -94,7 +95,7 @@ def _lay_out(voice: str, question: bool, turn: np.ndarray, barge: np.ndarray) ->
 
 def run_policy(model, dialogues: list[Dialogue], turn: TurnPolicyConfig) -> dict:
     """All dialogues as sessions of one engine; per-session speech flags by tick."""
-    engine = TickScheduler(model, max_slots=len(dialogues), turn=turn)
+    engine = TickScheduler(ReferenceFamily(model), max_slots=len(dialogues), turn=turn)
     names = [f"d{i}" for i in range(len(dialogues))]
     for name in names:
         engine.join(name, seed=0)

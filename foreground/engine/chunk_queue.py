@@ -30,7 +30,8 @@ class ChunkQueue:
     def push(self, record: SessionRecord, pcm16: bytes, rate: int, meta: tuple = ()) -> None:
         """Queue one validated chunk (call with the slots' lock held); `meta` comes back from
         `pop` with it (the client's seq and when the chunk arrived)."""
-        head, size = record.extra.get("queue_head", 0), record.extra.get("queue_size", 0)
+        state = record.state
+        head, size = state.queue_head, state.queue_size
         if size == self.depth:
             head, size = (head + 1) % self.depth, size - 1
             record.dropped_chunks += 1
@@ -38,15 +39,17 @@ class ChunkQueue:
         view = torch.frombuffer(bytearray(pcm16), dtype=torch.int16)
         self.samples[record.slot, pos, : view.numel()].copy_(view)
         self.rates[record.slot, pos] = rate
-        record.extra.setdefault("queue_meta", [()] * self.depth)[pos] = meta
-        record.extra["queue_head"], record.extra["queue_size"] = head, size + 1
+        if not state.queue_meta:
+            state.queue_meta = [()] * self.depth
+        state.queue_meta[pos] = meta
+        state.queue_head, state.queue_size = head, size + 1
 
     def pop(self, record: SessionRecord) -> tuple[torch.Tensor, int, tuple] | None:
         """The oldest chunk's samples (a view, valid until the next push), rate and meta."""
-        size = record.extra.get("queue_size", 0)
-        if size == 0:
+        state = record.state
+        if state.queue_size == 0:
             return None
-        head = record.extra["queue_head"]
+        head = state.queue_head
         rate = int(self.rates[record.slot, head])
-        record.extra["queue_head"], record.extra["queue_size"] = (head + 1) % self.depth, size - 1
-        return self.samples[record.slot, head], rate, record.extra["queue_meta"][head]
+        state.queue_head, state.queue_size = (head + 1) % self.depth, state.queue_size - 1
+        return self.samples[record.slot, head], rate, state.queue_meta[head]

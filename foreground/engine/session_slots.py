@@ -15,6 +15,8 @@ from typing import Protocol
 
 import torch
 
+from foreground.engine.session_state import SessionState
+
 
 class SlotState(Protocol):
     """Anything holding per-session tensors with a leading `max_slots` dimension."""
@@ -43,7 +45,7 @@ class SessionRecord:
     late_chunks: int = 0  # ticks with no chunk (after the first one arrived): silence instead
     dropped_chunks: int = 0  # chunks dropped because the client sent faster than real time
     skipped_chunks: int = 0  # near-silent chunks skipped to catch up after a slip
-    extra: dict = field(default_factory=dict)
+    state: SessionState = field(default_factory=SessionState)
 
 
 class SessionSlots:
@@ -79,7 +81,7 @@ class SessionSlots:
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._by_id
 
-    def join(self, session_id: str) -> SessionRecord:
+    def join(self, session_id: str, state: SessionState | None = None) -> SessionRecord:
         """Take the next free slot (atomically: two sessions never share a slot)."""
         with self.lock:
             if session_id in self._by_id:
@@ -89,7 +91,7 @@ class SessionSlots:
             slot = self.live
             for part in self.parts:
                 part.reset(slot)
-            record = SessionRecord(session_id=session_id, slot=slot)
+            record = SessionRecord(session_id=session_id, slot=slot, state=state or SessionState())
             self._records[slot] = record
             self._by_id[session_id] = record
             return record

@@ -1,4 +1,4 @@
-"""Silero VAD on every live session's 16 kHz stream, one batched call per 200 ms tick.
+"""Silero VAD on every live session's 16 kHz stream, one batched call per tick (200 or 80 ms).
 
 silero-vad's TorchScript wrapper keeps one recurrent state for the whole batch and resets it
 whenever the batch size changes, which breaks streaming as sessions join and leave. Here each
@@ -8,10 +8,11 @@ inner network is called (reference path) or re-implemented allocation-free (defa
 `foreground.engine.silero_network`).
 
 Windowing: a tick is 3200 samples; Silero takes 512-sample windows, each preceded by the 64
-samples before it as context. The 6 windows are aligned to the end of the tick (samples
+samples before it as context. The 6 windows (of a 200 ms tick; 2 of an 80 ms one) are aligned to the end of the tick (samples
 128..3200), so window 0's context is samples 64..128 of the same tick and no context needs to
 be carried between ticks. The price: samples 0..128 (8 ms per tick, 4%) are never fed to the
-LSTM as new audio (64 of them are seen as context only). The LSTM state is the only state.
+LSTM as new audio (64 of them are seen as context only); at 80 ms, 256 of 1280 (20%: fine for
+telling speech from silence, which is all the VAD is asked). The LSTM state is the only state.
 """
 
 from __future__ import annotations
@@ -31,6 +32,16 @@ FIRST_WINDOW = TICK_SAMPLES - WINDOWS_PER_TICK * WINDOW  # 128: windows end with
 WINDOW_STARTS = [FIRST_WINDOW - CONTEXT + w * WINDOW for w in range(WINDOWS_PER_TICK)]
 
 
+def window_starts(tick_samples: int) -> list[int]:
+    """Where each window (with its context) starts, windows aligned to the end of the tick."""
+    windows = tick_samples // WINDOW
+    first = tick_samples - windows * WINDOW
+    if first < CONTEXT:  # window 0's context must lie inside the tick
+        windows -= 1
+        first += WINDOW
+    return [first - CONTEXT + w * WINDOW for w in range(windows)]
+
+
 def load_silero_jit() -> torch.jit.ScriptModule:
     """The packaged TorchScript Silero VAD (offline). Importing silero_vad calls
     `torch.set_num_threads(1)` for the whole process; the thread count is restored."""
@@ -44,16 +55,19 @@ def load_silero_jit() -> torch.jit.ScriptModule:
 
 
 class BatchedSileroVad:
-    """Per-slot streaming speech probabilities, 6 windows (32 ms each) per tick."""
+    """Per-slot streaming speech probabilities, one per 32 ms window of each tick."""
 
-    def __init__(self, max_slots: int, reference: bool = False) -> None:
+    def __init__(self, max_slots: int, reference: bool = False, tick_samples: int = TICK_SAMPLES) -> None:
         self.max_slots = max_slots
         self.reference = reference
+        self.tick_samples = tick_samples
+        self.window_starts = window_starts(tick_samples)
+        self.windows_per_tick = len(self.window_starts)
         jit = load_silero_jit()
         self._inner = jit._model  # the network; `jit` itself is the batch-resetting wrapper
         self.lstm_state = torch.zeros(max_slots, 2, HIDDEN)
         self._network = None if reference else PreallocatedSileroNetwork(
-            self._inner, max_slots, WINDOW_STARTS)
+            self._inner, max_slots, self.window_starts)
         log.info("Silero VAD for %d slots (%s path)", max_slots,
                  "TorchScript reference" if reference else "allocation-free")
 
@@ -65,22 +79,22 @@ class BatchedSileroVad:
 
     @torch.no_grad()
     def speech_prob(self, pcm16k: Tensor, out: Tensor) -> None:
-        """`pcm16k` [B, 3200] float32 in [-1, 1] for slots 0..B-1 -> `out` [B, 6] probabilities."""
+        """`pcm16k` [B, tick_samples] float32 in [-1, 1] for slots 0..B-1 -> `out` [B, windows]."""
         b = pcm16k.shape[0]
-        if b > self.max_slots or tuple(pcm16k.shape) != (b, TICK_SAMPLES):
+        if b > self.max_slots or tuple(pcm16k.shape) != (b, self.tick_samples):
             raise ValueError(f"speech_prob needs pcm16k of shape [B <= {self.max_slots}, "
-                             f"{TICK_SAMPLES}], got {tuple(pcm16k.shape)}")
+                             f"{self.tick_samples}], got {tuple(pcm16k.shape)}")
         if pcm16k.dtype != torch.float32:
             raise ValueError(f"speech_prob needs float32 pcm16k, got {pcm16k.dtype}")
-        if tuple(out.shape) != (b, WINDOWS_PER_TICK):
-            raise ValueError(f"speech_prob needs out of shape [{b}, {WINDOWS_PER_TICK}]")
+        if tuple(out.shape) != (b, self.windows_per_tick):
+            raise ValueError(f"speech_prob needs out of shape [{b}, {self.windows_per_tick}]")
         if b == 0:
             return
         state = self.lstm_state[:b]
         if self._network is not None:
             self._network.run(pcm16k, state, out)
             return
-        for w, start in enumerate(WINDOW_STARTS):  # reference: the TorchScript network
+        for w, start in enumerate(self.window_starts):  # reference: the TorchScript network
             x = pcm16k[:, start:start + CONTEXT + WINDOW]
             prob, new_state = self._inner(x, state.transpose(0, 1))
             out[:, w].copy_(prob[:, 0])

@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from foreground.engine.resampler import Resampler24kTo16k  # noqa: F401 (its home before the engine shared it)
 from foreground.kernels.matmul import linear, pad_rows
 from foreground.model.config import AudioConfig
 
@@ -135,67 +136,3 @@ class DMelFeaturizer:
         if batch > self.max_slots or tuple(shape) != tuple(expected):
             raise ValueError(f"expected [B <= {self.max_slots}, {', '.join(map(str, expected))}], "
                              f"got [{batch}, {', '.join(map(str, shape))}]")
-
-
-class Resampler24kTo16k:
-    """Streaming 3:2 polyphase resampler with a Kaiser-windowed-sinc anti-aliasing filter.
-
-    Output sample m sits at input position 1.5 m, delayed by `half_width` input samples (2 ms),
-    so chunks join seamlessly: each slot keeps the last `2 * half_width` input samples.
-    The filter runs as one matmul (`linear`): each frame of `3 * pairs + 2 * half_width - 1`
-    input samples (stride `3 * pairs`) times a banded [frame, 2 * pairs] matrix of filter taps.
-    """
-
-    RATE_IN, RATE_OUT = 24_000, 16_000
-
-    def __init__(self, max_slots: int, chunk_in: int = 4800, half_width: int = 48,
-                 cutoff_hz: float = 7_300.0, kaiser_beta: float = 8.0, pairs: int = 32) -> None:
-        if chunk_in % (3 * pairs):
-            raise ValueError(f"chunk_in {chunk_in} must be a multiple of 3 * pairs = {3 * pairs}")
-        self.max_slots, self.chunk_in, self.half_width = max_slots, chunk_in, half_width
-        self.chunk_out = chunk_in * 2 // 3
-        self.tail_len = 2 * half_width
-        self.frame_len = 3 * pairs + 2 * half_width - 1
-        self.frame_step = 3 * pairs
-        self.n_frames = chunk_in // self.frame_step
-        self.taps = self._tap_matrix(pairs, cutoff_hz, kaiser_beta)  # [frame_len, 2 * pairs]
-        self.tail = torch.zeros(max_slots, self.tail_len)
-        self._signal = torch.zeros(max_slots, self.tail_len + chunk_in)
-        self._frames = torch.zeros(pad_rows(max_slots * self.n_frames), self.frame_len)
-        self._out = torch.zeros(pad_rows(max_slots * self.n_frames), 2 * pairs)
-
-    def state_tensors(self) -> list[torch.Tensor]:
-        return [self.tail]
-
-    def reset(self, slot: int) -> None:
-        self.tail[slot].zero_()
-
-    def resample(self, pcm24: torch.Tensor, out: torch.Tensor) -> None:
-        """pcm24 [B, 4800] float32 for slots 0..B-1 -> out [B, 3200] at 16 kHz."""
-        batch = pcm24.shape[0]
-        if batch > self.max_slots or pcm24.shape[1] != self.chunk_in:
-            raise ValueError(f"expected [B <= {self.max_slots}, {self.chunk_in}], "
-                             f"got {list(pcm24.shape)}")
-        signal = self._signal[:batch]
-        signal[:, :self.tail_len].copy_(self.tail[:batch])
-        signal[:, self.tail_len:].copy_(pcm24)
-        self.tail[:batch].copy_(signal[:, self.chunk_in:])
-        frames = signal.unfold(1, self.frame_len, self.frame_step)  # [B, n_frames, frame_len]
-        rows = batch * self.n_frames
-        self._frames[:rows].view(frames.shape).copy_(frames)
-        filtered = linear(self._frames[:pad_rows(rows)], self.taps.t(), self._out[:pad_rows(rows)])
-        out.copy_(filtered[:rows].view(out.shape))
-
-    def _tap_matrix(self, pairs: int, cutoff_hz: float, beta: float) -> torch.Tensor:
-        """taps[l, k] = h(1.5 k + half_width - l): output k of a frame from its input l."""
-        h = self.half_width
-        position = torch.arange(self.frame_len, dtype=torch.float64)[:, None]
-        centre = 1.5 * torch.arange(2 * pairs, dtype=torch.float64)[None, :] + h
-        offset = centre - position  # in input samples
-        band = 2.0 * cutoff_hz / self.RATE_IN
-        ratio = (offset / h).clamp(-1.0, 1.0)
-        window = torch.special.i0(beta * torch.sqrt(1.0 - ratio**2)) / torch.special.i0(
-            torch.tensor(beta, dtype=torch.float64))
-        taps = band * torch.sinc(band * offset) * window * (offset.abs() <= h)
-        taps /= taps.sum(dim=0, keepdim=True)  # exact unit gain at DC for both phases
-        return taps.to(torch.float32).contiguous()

@@ -14,7 +14,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from foreground.engine.delegation import make_job
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_loop import TickLoop
 from foreground.engine.tick_scheduler import SessionOutput, TickScheduler, WovenResult
@@ -108,7 +107,7 @@ class SessionHost:
             await self.directory.record(SessionLocation(session.session_id, self.settings.replica_id,
                                                         self.settings.address, session.token))
         log.info("session %s opened (%d/%d slots used)", session.session_id,
-                 self.engine.slots.live, self.engine.max_slots)
+                 self.engine.live, self.engine.max_slots)
         return session, False
 
     def _join(self, session: LiveSession, request: pb.SessionOpen) -> None:
@@ -117,7 +116,7 @@ class SessionHost:
 
     def opened_message(self, session: LiveSession, resumed: bool) -> pb.SessionOpened:
         return pb.SessionOpened(session_id=session.session_id, token=session.token,
-                                output_sample_rate=self.engine.cfg.audio.output_rate,
+                                output_sample_rate=self.engine.output_rate,
                                 tick_ms=self.settings.tick_ms, replica=self.settings.address,
                                 resumed=resumed, last_seq=session.seq,
                                 next_tick_unix_ns=self.ticker.next_boundary_ns())
@@ -143,13 +142,10 @@ class SessionHost:
 
     def request_tool(self, session: LiveSession, tool: str, arguments_json: str) -> str:
         """A client asked for a tool by name: hand the job to the background pool."""
-        turn = self.engine.slots.get(session.session_id).extra["turn"]
-        conversation = self.engine.slots.get(session.session_id).extra["conversation"]
-        job = make_job(session.session_id, turn.epoch, conversation, tool, arguments_json)
-        self.engine.jobs.submit(job)
+        job = self.engine.request_tool(session.session_id, tool, arguments_json)
         if self.metrics:
             self.metrics.on_client_delegation()
-        session.emit(turn=pb.TurnEvent(kind=pb.TurnEvent.DELEGATED, cause="client", epoch=turn.epoch))
+        session.emit(turn=pb.TurnEvent(kind=pb.TurnEvent.DELEGATED, cause="client", epoch=job.epoch))
         return job.job_id
 
     async def on_event(self, session_id: str, entry_id: str, event: events_pb2.Event) -> None:
@@ -170,9 +166,8 @@ class SessionHost:
             text = f"ui.{event.ui.component}: {event.ui.props_json}"
         else:
             return
-        record = self.engine.slots.get(session_id)
-        if event.epoch < record.extra["turn"].epoch:
-            record.extra["conversation"].append(("tool", f"(stale, not voiced) {text}", self.engine.tick_count))
+        if event.epoch < self.engine.epoch(session_id):
+            self.engine.note_stale_result(session_id, text)
             return
         woven = WovenResult(event.event_id, event.job_id, event.epoch, event.created_unix_ms * 1_000_000,
                              received_ns=received_ns)
@@ -208,7 +203,7 @@ class SessionHost:
         if self.metrics:
             stats = self.ticker.stats  # this tick's duration is recorded before deliver() runs
             record = TickRecord(duration_s=stats.tick_ms[-1] / 1000 if stats.tick_ms else 0.0,
-                                live_sessions=self.engine.slots.live, free_slots=self.engine.slots.free,
+                                live_sessions=self.engine.live, free_slots=self.engine.free,
                                 overruns_total=stats.overruns)
             # After the streams have written this tick's audio: metrics must not delay it.
             asyncio.get_running_loop().call_later(METRICS_AFTER_S, self.metrics.on_tick, record, outputs)
@@ -229,4 +224,4 @@ class SessionHost:
                     await self.close(session, "idle")
             if self.directory:
                 await self.directory.announce_replica(self.settings.replica_id, self.settings.address,
-                                                      self.engine.slots.live, self.engine.max_slots)
+                                                      self.engine.live, self.engine.max_slots)
