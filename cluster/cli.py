@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--vllm-compile", action="store_true", help="vLLM with torch.compile (default: eager)")
     compare.add_argument("--microturn-threads", type=int, default=1,
                          help="torch threads for the tick engine (default 1: vLLM computes on one core)")
+    parity = kinds.add_parser("parity", help="a Moshi-family checkpoint: microturn against the `moshi` package")
+    parity.add_argument("--checkpoint", type=Path, required=True, help="a folder in Kyutai's layout")
+    parity.add_argument("--sessions", type=int, default=4)
+    parity.add_argument("--frames", type=int, default=50)
+    moshi_ref = kinds.add_parser("moshi-ref", help="the `moshi` package served its way (batch 1 per process), timed")
+    moshi_ref.add_argument("--checkpoint", type=Path, required=True, help="a folder in Kyutai's layout")
+    moshi_ref.add_argument("--sessions", type=int, default=1)
+    moshi_ref.add_argument("--frames", type=int, default=50)
     for sub in kinds.choices.values():
         sub.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
@@ -91,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--family", choices=["reference", "moshi"], default="reference",
                       help="reference: microturn's own model; moshi: Kyutai's layout (default: reference)")
     init.add_argument("--preset", default="tiny")
+    init.add_argument("--made-by", choices=["microturn", "moshi"], default="microturn",
+                      help="moshi family: weights drawn by microturn, or built by the `moshi` package's own classes")
     init.add_argument("--seed", type=int, default=0)
 
     train = commands.add_parser("train", help="train what trains on CPU: turns")
@@ -144,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.family == "moshi":
             from foreground.moshi.seeded import write_seeded_moshi
 
-            print(write_seeded_moshi(args.dir, args.preset, args.seed))
+            if args.made_by == "moshi":
+                from cluster.moshi_reference import write_reference_checkpoint
+
+                print(write_reference_checkpoint(args.dir, args.preset, args.seed))
+            else:
+                print(write_seeded_moshi(args.dir, args.preset, args.seed))
             return 0
         from foreground.model.checkpoint import write_seeded_checkpoint
 

@@ -103,7 +103,7 @@ def test_probes_match_while_others_join_and_leave(model, alone):
 def test_prefill_in_one_step_equals_tick_by_tick(model):
     """KV is written before attention and attention always spans the whole fixed-size cache,
     so one step over a history reduces exactly like the ticks that made it."""
-    from foreground.engine.kv_ring import RingKVCache
+    from foreground.model.kv_ring import RingKVCache
     from foreground.model.backbone import Backbone, BackboneWorkspace
 
     cfg, ticks = model.cfg, 10

@@ -2,7 +2,7 @@
 
 import torch
 
-from foreground.engine.kv_ring import RingKVCache
+from foreground.model.kv_ring import RingKVCache
 from foreground.model.config import ModelConfig
 
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from foreground.engine.allocations import count_tensor_allocations
-from foreground.engine.kv_ring import RingKVCache
+from foreground.model.kv_ring import RingKVCache
 from foreground.kernels import rms_norm
 from foreground.model.backbone import Backbone, BackboneWorkspace
 from foreground.model.checkpoint import CheckpointError, load_checkpoint, write_seeded_checkpoint

@@ -219,7 +219,7 @@ class _VllmRun:
 def _greedy_probe(model: InteractionModel, seed: int) -> dict[str, Any]:
     """A text-only prompt and our backbone's greedy next id, to check that vLLM runs the very
     same weights: one prefill of our streaming backbone (as tests/test_model.py does it)."""
-    from foreground.engine.kv_ring import RingKVCache
+    from foreground.model.kv_ring import RingKVCache
     from foreground.kernels import rms_norm
     from foreground.model.backbone import Backbone, BackboneWorkspace
 
