@@ -21,7 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="YAML config file (MICROTURN_* env overrides it)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("up", help="start everything locally (or join RAY_ADDRESS), print endpoints, run until stopped")
+    up = commands.add_parser("up", help="start everything locally (or join RAY_ADDRESS), print endpoints, run until stopped")
+    up.add_argument("--checkpoint", type=Path,
+                    help="serve this checkpoint folder (either family: a reference-model checkpoint or a "
+                         "Moshi-family folder in Kyutai's layout); default: foreground.checkpoint")
     gateway = commands.add_parser("gateway", help="serve only the gateway, against RAY_ADDRESS and MICROTURN_REDIS_URL "
                                                   "(a Kubernetes Deployment runs this)")
     gateway.add_argument("--host", help="address to bind (default: serve.host)")
@@ -127,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         from cluster.up import run_up
 
+        if args.checkpoint:
+            foreground = config.foreground.model_copy(update={"checkpoint": args.checkpoint})
+            config = config.model_copy(update={"foreground": foreground})
         return asyncio.run(run_up(config))
     if args.command == "gateway":
         return _gateway(args, config)

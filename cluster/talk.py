@@ -68,7 +68,7 @@ async def run_talk(address: str, out: Path, wav: Path | None = None, direct: boo
         "output": str(out),
         "events": str(events_path(out)),
         "output_s": round(len(recording.output_pcm16()) / 2 / recording.output_sample_rate, 2),
-        "model_speech_s": round(metrics["model_speech_ticks"] * 0.2, 2),
+        "model_speech_s": round(metrics["model_speech_ticks"] * recording.chunk_samples / track.sample_rate, 2),
     }
     keys = ("ticks", "late_chunks", "turn_events", "tool_results", "errors", "session_id",
             "turn_taking_latency_s", "interruption_stop_latency_s", "pause_takeovers")

@@ -114,20 +114,21 @@ def message_line(received_ns: int, message: pb.ServerMessage) -> dict:
 async def stream_script(session: ClientSession, track: Track, tail_s: float = 2.0,
                         close_timeout_s: float = 5.0) -> ConversationRecording:
     """Stream `track` like a live microphone (chunk k leaves once it has been "recorded", at
-    t0 + (k+1) * 200 ms), then `tail_s` of silence, then close; meanwhile record every server
+    t0 + (k+1) * the replica's tick), then `tail_s` of silence, then close; meanwhile record every server
     message. Tool cues are sent right after the chunk that contains them."""
     rate = track.sample_rate
-    chunk_samples = rate * CHUNK_MS // 1000
-    chunks = track.chunks()
-    track_chunks = len(chunks)
-    chunks += [bytes(2 * chunk_samples)] * math.ceil(tail_s * 1000 / CHUNK_MS - 1e-9)
-    cues = sorted(track.timeline.tools, key=lambda c: c.at) if track.timeline else []
     opened = session.opened
+    chunk_ms = opened.tick_ms if opened and opened.tick_ms else CHUNK_MS  # a chunk per replica tick
+    chunk_samples = rate * chunk_ms // 1000
+    chunks = track.chunks(chunk_ms)
+    track_chunks = len(chunks)
+    chunks += [bytes(2 * chunk_samples)] * math.ceil(tail_s * 1000 / chunk_ms - 1e-9)
+    cues = sorted(track.timeline.tools, key=lambda c: c.at) if track.timeline else []
     recording = ConversationRecording(
         session_id=opened.session_id if opened else "", t0_ns=0, sample_rate=rate,
         chunk_samples=chunk_samples, track_chunks=track_chunks,
         output_sample_rate=(opened.output_sample_rate if opened and opened.output_sample_rate else OUTPUT_RATE))
-    period = CHUNK_MS / 1000
+    period = chunk_ms / 1000
     t0 = session.chunk_clock(period_s=period)  # chunks arrive just before the replica's ticks
     recording.t0_ns = time.time_ns() + int((t0 - time.monotonic()) * 1e9)
     recorder = asyncio.create_task(_record(session, recording, t0))

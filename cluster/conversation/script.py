@@ -156,9 +156,10 @@ class Track:
     def write_wav(self, path: Path) -> Path:
         return write_wav(path, self.pcm16.astype("<i2").tobytes(), self.sample_rate)
 
-    def chunks(self) -> list[bytes]:
-        """200 ms chunks; the last one padded with silence (the protocol takes whole chunks)."""
-        n = self.sample_rate * CHUNK_MS // 1000
+    def chunks(self, chunk_ms: int = CHUNK_MS) -> list[bytes]:
+        """One chunk per tick (200 ms; 80 ms for a Moshi-family replica); the last one padded
+        with silence (the protocol takes whole chunks)."""
+        n = self.sample_rate * chunk_ms // 1000
         padded = np.zeros(math.ceil(len(self.pcm16) / n) * n, np.int16)
         padded[: len(self.pcm16)] = self.pcm16
         return [padded[i:i + n].astype("<i2").tobytes() for i in range(0, len(padded), n)]

@@ -20,7 +20,7 @@ from foreground.model.moe import MixtralSparseMoe, MoeWorkspace
 
 
 class KVCache(Protocol):
-    """What a step needs of the cache (see `foreground.engine.kv_ring.RingKVCache`)."""
+    """What a step needs of the cache (see `foreground.model.kv_ring.RingKVCache`)."""
 
     k: list[torch.Tensor]
     v: list[torch.Tensor]

@@ -14,7 +14,7 @@ import re
 import torch
 
 from foreground.engine.input_validation import InvalidInput
-from foreground.engine.kv_ring import RingKVCache
+from foreground.model.kv_ring import RingKVCache
 from foreground.engine.model_family import FamilyShape
 from foreground.engine.session_state import SessionState
 from foreground.engine.turn_policy import TickDecision, TurnPolicy, TurnPolicyConfig
