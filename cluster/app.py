@@ -17,7 +17,7 @@ BACKGROUND_APP = "background"
 def replica_settings(config: MicroturnConfig, redis_url: str | None) -> ReplicaSettings:
     fg = config.foreground
     return ReplicaSettings(
-        max_sessions=fg.max_sessions, preset=fg.preset,
+        max_sessions=fg.max_sessions, preset=fg.preset, device=fg.device, dtype=fg.dtype,
         checkpoint=str(fg.checkpoint) if fg.checkpoint else None, turn_policy=fg.turn_policy,
         backchannel_max_ms=fg.backchannel_max_ms, weave_max_wait_ms=fg.weave_max_wait_ms,
         invariant_kernels=fg.kernels == "invariant", tick_ms=fg.tick_ms, redis_url=redis_url,

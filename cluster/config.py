@@ -55,6 +55,9 @@ class ForegroundConfig(Section):
     preset: Literal["tiny", "small"] = "tiny"
     checkpoint: Path | None = Field(None, description="a checkpoint folder; unset: the seeded one")
     max_sessions: int = Field(64, gt=0, le=4096, description="preallocated slots per replica")
+    device: Literal["cpu", "cuda"] = Field("cpu", description=(
+        "Moshi family: where its weights and per-session state live (cuda: the replica's GPU)"))
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Moshi family: weight and compute dtype")
     tick_ms: int = Field(200, gt=0)
     turn_policy: Literal["auto", "model", "vad", "hybrid"] = Field(
         "auto", description="auto: model with a trained turn head (the shipped default), else hybrid")

@@ -55,6 +55,8 @@ class ReplicaSettings:
 
     max_sessions: int = 64
     preset: str = "tiny"
+    device: str = "cpu"
+    dtype: str = "float32"
     checkpoint: str | None = None
     turn_policy: str = "auto"
     backchannel_max_ms: float = 600.0
@@ -79,7 +81,7 @@ class ForegroundReplica:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         torch.set_num_threads(settings.threads or max(1, int(os.environ.get("OMP_NUM_THREADS", "0"))
                                                       or len(os.sched_getaffinity(0))))
-        family = load_family(settings.checkpoint, settings.preset)
+        family = load_family(settings.checkpoint, settings.preset, settings.device, settings.dtype)
         self.bus = EventBus.from_url(settings.redis_url) if settings.redis_url else None
         jobs = RedisJobSink(JobStream(self.bus.redis), asyncio.get_running_loop()) if self.bus else None
         # A checkpoint with a trained end-of-turn detector (the seeded default ships one) says so.

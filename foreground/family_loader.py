@@ -21,12 +21,17 @@ def is_moshi_folder(folder: str | Path) -> bool:
     return looks_like_moshi_folder(Path(folder))
 
 
-def load_family(checkpoint: str | Path | None, preset: str) -> ModelFamily:
+def load_family(checkpoint: str | Path | None, preset: str, device: str = "cpu",
+                dtype: str = "float32") -> ModelFamily:
+    """`device` and `dtype` apply to the Moshi family (the reference model runs in float32 on
+    the CPU, its Triton kernels being the GPU path)."""
     if checkpoint and is_moshi_folder(checkpoint):
+        import torch
+
         from foreground.moshi.family import MoshiFamily
 
-        log.info("checkpoint %s: Moshi family", checkpoint)
-        return MoshiFamily.from_folder(Path(checkpoint))
+        log.info("checkpoint %s: Moshi family on %s in %s", checkpoint, device, dtype)
+        return MoshiFamily.from_folder(Path(checkpoint), dtype=getattr(torch, dtype), device=torch.device(device))
     from foreground.model.checkpoint import ensure_seeded_checkpoint, load_checkpoint
     from foreground.model.family import ReferenceFamily
 

@@ -26,9 +26,9 @@ from kube_checks import (
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY, DASHBOARDS = ROOT / "deploy", ROOT / "dashboards"
 TARGETS = {"base": DEPLOY / "base", "gpu-nvlink": DEPLOY / "overlays" / "gpu-nvlink",
-           "cpu-dev": DEPLOY / "overlays" / "cpu-dev"}
+           "gpu-moshi": DEPLOY / "overlays" / "gpu-moshi", "cpu-dev": DEPLOY / "overlays" / "cpu-dev"}
 APPS = ("foreground", "background")
-CORE_KINDS = {"Namespace", "Secret", "ConfigMap", "Service", "Deployment", "StatefulSet"}
+CORE_KINDS = {"Namespace", "Secret", "ConfigMap", "Service", "Deployment", "StatefulSet", "PersistentVolumeClaim"}
 
 pytestmark = pytest.mark.skipif(kustomize_command() is None,
                                 reason="needs kubectl (built-in kustomize) or kustomize on PATH")
@@ -373,3 +373,16 @@ def test_gateway_watchdog_gives_up_on_a_gone_cluster(monkeypatch):
 
     monkeypatch.setattr(command.serve, "status", gone)
     asyncio.run(asyncio.wait_for(command._watch_cluster("foreground"), 5))
+
+
+def test_the_moshi_overlay_serves_a_mounted_checkpoint_on_gpus(rendered, clean_env):
+    docs = rendered["gpu-moshi"]
+    args = next(a for a in serve_config(rayservice(docs))["applications"] if a["name"] == "foreground")["args"]
+    fg = args["foreground"]
+    assert fg["device"] == "cuda" and fg["dtype"] == "bfloat16" and fg["num_gpus"] == 1
+    pod = groups(docs)["foreground"]["template"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "models")
+    assert fg["checkpoint"].startswith(mount["mountPath"] + "/") and mount["readOnly"]
+    claim = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]["claimName"]
+    assert named(docs, "PersistentVolumeClaim", claim)
+    built_app(docs, "foreground", clean_env)  # the args are valid config

@@ -89,9 +89,9 @@ def read_moshi_folder(folder: str | Path) -> MoshiFolder:
                        lm_gen_config=gen, model_type=model_type)
 
 
-def load_weights(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """A safetensors file as `dtype` (bf16 files load as fp32 for CPU work, and back)."""
-    state = load_file(str(path))
+def load_weights(path: Path, dtype: torch.dtype, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file as `dtype` on `device` (bf16 files load as fp32 for CPU work, and back)."""
+    state = load_file(str(path), device=str(device))
     return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
 
 

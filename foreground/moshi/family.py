@@ -36,29 +36,37 @@ NO_FORCED_TEXT = -1
 
 
 class MoshiFamily:
-    def __init__(self, lm: MoshiLM, codec: MimiCodec, tokenizer, sampling: SamplingConfig | None = None) -> None:
-        self.lm, self.codec, self.tokenizer = lm, codec, tokenizer
+    def __init__(self, lm: MoshiLM, codec: MimiCodec, tokenizer, sampling: SamplingConfig | None = None,
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.lm, self.codec, self.tokenizer, self.device = lm, codec, tokenizer, device
         self.sampling = sampling or SamplingConfig()
         self.shape = FamilyShape(name="moshi", tick_ms=FRAME_MS, model_rate=SAMPLE_RATE, output_rate=SAMPLE_RATE,
                                  text_slots_per_tick=1, pad_token=NO_FORCED_TEXT)
         self.head_calibrated = True  # the model takes turns by itself
 
     @classmethod
-    def from_folder(cls, folder: Path, dtype: torch.dtype = torch.float32) -> MoshiFamily:
+    def from_folder(cls, folder: Path, dtype: torch.dtype = torch.float32,
+                    device: torch.device = torch.device("cpu")) -> MoshiFamily:
         info = read_moshi_folder(folder)
-        return cls(*load_models(info, dtype), load_tokenizer(info.tokenizer),
-                   SamplingConfig.from_lm_gen_config(info.lm_gen_config))
+        with device:
+            models = load_models(info, dtype, device)
+        return cls(*models, load_tokenizer(info.tokenizer), SamplingConfig.from_lm_gen_config(info.lm_gen_config),
+                   device=device)
 
     def allocate(self, max_slots: int) -> None:
-        self.mimi = MimiStreams(self.codec, max_slots)
-        self.streams = MoshiStreams(self.lm, max_slots)
-        cfg = self.lm.cfg
-        self.user_codes = torch.zeros(max_slots, cfg.n_q - cfg.dep_q, dtype=torch.int64)
-        self.text = torch.zeros(max_slots, dtype=torch.int64)
-        self.audio = torch.zeros(max_slots, cfg.dep_q, dtype=torch.int64)
-        self.valid = torch.zeros(max_slots, dtype=torch.bool)
-        self.forced = torch.full((max_slots,), NO_FORCED_TEXT, dtype=torch.int64)
-        self._decoded = torch.zeros(max_slots, self.shape.samples(SAMPLE_RATE))
+        """Every per-slot buffer on the family's device; the engine's audio rows stay on the
+        CPU and cross once each way per tick (`audio_in`, `pcm`)."""
+        cfg, samples = self.lm.cfg, self.shape.samples(SAMPLE_RATE)
+        with self.device:
+            self.mimi = MimiStreams(self.codec, max_slots)
+            self.streams = MoshiStreams(self.lm, max_slots)
+            self.user_codes = torch.zeros(max_slots, cfg.n_q - cfg.dep_q, dtype=torch.int64)
+            self.text = torch.zeros(max_slots, dtype=torch.int64)
+            self.audio = torch.zeros(max_slots, cfg.dep_q, dtype=torch.int64)
+            self.valid = torch.zeros(max_slots, dtype=torch.bool)
+            self.forced = torch.full((max_slots,), NO_FORCED_TEXT, dtype=torch.int64)
+            self.audio_in = torch.zeros(max_slots, samples)
+            self.pcm = torch.zeros(max_slots, samples)
         self._words: list[bool] = []
 
     def slot_parts(self) -> list:
@@ -86,7 +94,8 @@ class MoshiFamily:
     def forward(self, batch: int, audio: torch.Tensor, text_ids: torch.Tensor) -> None:
         """audio: [batch, 1920] at 24 kHz; text_ids: [batch, 1] tokens to force (-1: none)."""
         b = batch
-        self.mimi.encode(audio, out=self.user_codes[:b])
+        self.audio_in[:b].copy_(audio)
+        self.mimi.encode(self.audio_in[:b], out=self.user_codes[:b])
         self.forced[:b].copy_(text_ids[:, 0])
         self.streams.step(self.user_codes[:b], self.text[:b], self.audio[:b], self.valid[:b],
                           forced_text=self.forced[:b])
@@ -99,7 +108,8 @@ class MoshiFamily:
     def voice(self, batch: int, speaking: torch.Tensor, pcm_out: torch.Tensor) -> None:
         """The model's audio goes out whatever the turn state (it is full duplex); before its
         first frame of codes (the streams' delay) a session hears silence."""
-        self.mimi.decode(self.audio[:batch], out=pcm_out, active=self.valid[:batch])
+        self.mimi.decode(self.audio[:batch], out=self.pcm[:batch], active=self.valid[:batch])
+        pcm_out.copy_(self.pcm[:batch])
 
     def output_text_ids(self, batch: int) -> list[list[int]]:
         return [[t] if v else [] for t, v in zip(self.text[:batch].tolist(), self.valid[:batch].tolist(), strict=True)]
@@ -112,11 +122,12 @@ class MoshiFamily:
         pass
 
 
-def load_models(info: MoshiFolder, dtype: torch.dtype = torch.float32) -> tuple[MoshiLM, MimiCodec]:
+def load_models(info: MoshiFolder, dtype: torch.dtype = torch.float32,
+                device: torch.device = torch.device("cpu")) -> tuple[MoshiLM, MimiCodec]:
     lm_cfg = LMConfig.from_kyutai(info.lm_config)
     mimi_cfg = MimiConfig.from_kyutai(info.mimi_config, num_codebooks=info.num_codebooks)
-    lm = MoshiLM.from_state_dict(lm_cfg, load_weights(info.lm_weights, dtype), dtype=dtype)
-    codec = MimiCodec.from_state_dict(mimi_cfg, load_weights(info.mimi_weights, torch.float32))
+    lm = MoshiLM.from_state_dict(lm_cfg, load_weights(info.lm_weights, dtype, device), dtype=dtype)
+    codec = MimiCodec.from_state_dict(mimi_cfg, load_weights(info.mimi_weights, torch.float32, device))
     log.info("Moshi family from %s: LM dim %d x %d layers, Mimi %d codebooks", info.folder, lm_cfg.dim,
              lm_cfg.num_layers, mimi_cfg.num_codebooks)
     return lm, codec
