@@ -49,13 +49,14 @@ MOSHI_7B_LM = {
 
 
 def mimi_preset(name: str) -> dict:
-    """Mimi settings for a preset: `default` (Moshi's), `tiny` or `small`."""
+    """Mimi settings for a preset: `default` (Moshi's), `tiny`, `small` or `medium`."""
     cfg = copy.deepcopy(MIMI_DEFAULT)
     if name == "default":
         return cfg
     dim, q_dim, bins, layers, heads, ff, filters, context = {
         "tiny": (32, 16, 64, 2, 2, 64, 4, 20),
         "small": (48, 24, 128, 2, 4, 96, 8, 40),
+        "medium": (64, 32, 256, 3, 4, 128, 8, 50),
     }[name]
     cfg["seanet"].update(dimension=dim, n_filters=filters)
     cfg["quantizer"].update(dimension=q_dim, n_q=16, bins=bins, input_dimension=dim, output_dimension=dim)
@@ -65,13 +66,16 @@ def mimi_preset(name: str) -> dict:
 
 
 def lm_preset(name: str, text_card: int = 32000) -> dict:
-    """LM settings for a preset: `7b` (Moshi's), `tiny` or `small`; `card` matches the Mimi preset."""
+    """LM settings for a preset: `7b` (Moshi's), `tiny`, `small` or `medium`; `card` matches the
+    Mimi preset. The tests use `tiny` and `small`; `medium` is for parity runs on a shape they
+    never saw."""
     cfg = copy.deepcopy(MOSHI_7B_LM)
     if name == "7b":
         return cfg
     dim, layers, heads, card, dep_dim, dep_layers, dep_heads, context = {
         "tiny": (64, 2, 4, 64, 32, 1, 2, 40),
         "small": (96, 3, 4, 128, 48, 2, 4, 60),
+        "medium": (128, 4, 8, 256, 64, 2, 4, 45),
     }[name]
     cfg.update(dim=dim, num_layers=layers, num_heads=heads, card=card, text_card=text_card, context=context,
                depformer_dim=dep_dim, depformer_num_layers=dep_layers, depformer_num_heads=dep_heads,

@@ -16,8 +16,8 @@ from foreground.moshi.mimi_config import MimiConfig
 from foreground.moshi.presets import lm_preset, mimi_preset
 from foreground.moshi.text_tokenizer import train_tokenizer
 
-PRESETS = ("tiny", "small")
-TEXT_VOCAB = {"tiny": 300, "small": 400}
+PRESETS = ("tiny", "small", "medium")
+TEXT_VOCAB = {"tiny": 300, "small": 400, "medium": 500}
 
 
 def write_seeded_moshi(folder: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
