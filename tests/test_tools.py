@@ -104,6 +104,18 @@ def test_arguments_that_are_not_json_or_not_an_object(registry):
     assert "must be a JSON object" in call(registry, "calculator", "[1, 2]").error
 
 
+def test_deep_or_huge_arguments_are_refused_with_the_limit_named(registry):
+    """A deeply nested call once raised RecursionError past the registry: the job was retried
+    three times and ended as "workers crashed". Now it is an outcome naming the limit."""
+    for depth in (17, 5_000):  # past the limit; deep enough to crash Python's own parser (10 kB)
+        deep = "[" * depth + "]" * depth
+        outcome = call(registry, "ui.render", '{"component": "card", "props": {"x": ' + deep + "}}")
+        assert not outcome.ok and "nest deeper than the limit of 16" in outcome.error
+    huge = json.dumps({"expression": "1+" * 20_000 + "1"})
+    assert "larger than the limit of 16384 bytes" in call(registry, "calculator", huge).error
+    assert call(registry, "calculator", {"expression": "1+1"}).ok
+
+
 def test_schema_violations_name_the_field(registry):
     too_many = call(registry, "web_search", {"query": "paris", "max_results": 50})
     assert "invalid argument max_results" in too_many.error and "50" in too_many.error

@@ -23,6 +23,21 @@ from background.tools.config import ToolsConfig
 
 log = logging.getLogger(__name__)
 
+MAX_ARGUMENTS_BYTES = 16_384  # a tool call's JSON arguments; a model's or client's call is far smaller
+MAX_ARGUMENT_DEPTH = 16  # nesting of objects and arrays (Python's parser would recurse itself to death)
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests objects and arrays, walked without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_ARGUMENT_DEPTH:
+                stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
 
 def _closest(error: ValidationError) -> ValidationError:
     """For an anyOf/oneOf failure, the error of the branch that came closest (fewest errors),
@@ -102,12 +117,18 @@ class ToolRegistry:
         if registered is None:
             return failed(f"unknown tool {name!r}; available: {', '.join(self._tools) or 'none'}")
         name, tool = registered, self._tools[registered]
+        if arguments_json and len(arguments_json.encode("utf-8", "surrogatepass")) > MAX_ARGUMENTS_BYTES:
+            return failed(f"{name}: arguments are larger than the limit of {MAX_ARGUMENTS_BYTES} bytes")
         try:
             args = json.loads(arguments_json) if arguments_json and arguments_json.strip() else {}
         except (json.JSONDecodeError, TypeError) as exc:
             return failed(f"{name}: arguments are not valid JSON: {exc}")
+        except RecursionError:
+            return failed(f"{name}: arguments nest deeper than the limit of {MAX_ARGUMENT_DEPTH} levels")
         if not isinstance(args, dict):
             return failed(f"{name}: arguments must be a JSON object, got {type(args).__name__}")
+        if _depth(args) > MAX_ARGUMENT_DEPTH:
+            return failed(f"{name}: arguments nest deeper than the limit of {MAX_ARGUMENT_DEPTH} levels")
         error = best_match(self._validators[name].iter_errors(args))
         if error is not None:
             error = _closest(error)
@@ -125,8 +146,8 @@ class ToolRegistry:
             if not isinstance(result, dict):
                 raise TypeError(f"returned {type(result).__name__}, not a dict")
             json.dumps(result, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            return failed(f"{name}: result is not a JSON object: {exc}")
+        except (TypeError, ValueError, RecursionError) as exc:
+            return failed(f"{name}: result is not a JSON object: {type(exc).__name__}: {exc}")
         return ToolOutcome(name, result, "", time.monotonic() - start)
 
 
