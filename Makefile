@@ -9,9 +9,10 @@ PYTEST_ARGS ?=
 .PHONY: run test up protos dashboards venv system-packages clean
 
 # Debian programs the speech synthesis uses besides espeak-ng's wheel: flite and festival
-# (cluster/synthesizers.py). Installed with apt-get when missing (as root: CI, containers);
-# otherwise the command to run is printed.
-SYSTEM_PACKAGES := flite festival festvox-kallpc16k festvox-us-slt-hts
+# (cluster/synthesizers.py); chromium, the browser tests/test_console.py drives with Playwright
+# (Playwright's own browser download is not used). Installed with apt-get when missing (as root:
+# CI, containers); otherwise the command to run is printed.
+SYSTEM_PACKAGES := flite festival festvox-kallpc16k festvox-us-slt-hts chromium
 
 run: $(STAMP) system-packages
 	$(VENV)/bin/microturn demo
@@ -20,7 +21,7 @@ test: $(STAMP) system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 system-packages:
-	@if ! command -v flite >/dev/null || ! command -v text2wave >/dev/null \
+	@if ! command -v flite >/dev/null || ! command -v text2wave >/dev/null || ! command -v chromium >/dev/null \
 	    || [ ! -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || [ ! -d /usr/share/festival/voices/english/kal_diphone ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \

@@ -16,7 +16,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from ray import serve
 
 from background.autoscaling import QUEUE_OLDEST_WAIT_S, QUEUE_PENDING, QUEUE_WAITING
@@ -27,6 +26,7 @@ from background.tools.registry import default_registry
 from background.worker import DEFAULT_RECLAIM_IDLE_MS, JobWorker
 from protos.event_bus import EventBus
 from protos.job_stream import JobStream
+from protos.redis_client import redis_from_url
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class BackgroundPool:
         self.settings = settings
         self.replica_id = _replica_id()
         self.consumer = f"pool-{self.replica_id}"
-        self.redis = aioredis.Redis.from_url(settings.redis_url)
+        self.redis = redis_from_url(settings.redis_url)
         self.jobs = JobStream(self.redis)
         self.reasoner = build_reasoner(settings.reasoner, **settings.reasoner_kwargs())
         self.tools = default_registry(settings.tools)

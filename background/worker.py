@@ -12,6 +12,10 @@ Nothing is dropped silently: a failing reasoner becomes an `Error` event, a fail
 it). Only a failure to publish (Redis down) leaves the job unacknowledged, for a later retry.
 A job that has crashed its workers `max_deliveries` times ends with an `ABORTED` error rather
 than taking down every replica in turn.
+
+A Redis outage ends nothing either: the client retries each command for a few seconds
+(`protos.redis_client`), and a lane whose round still fails logs it and backs off (up to 5 s)
+before claiming again, so jobs wait and are then worked, and the pool's health stays green.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ from background.reasoners.base import PlannedCall, Reasoner, ReasonerError
 from protos.event_bus import EventBus
 from protos.job_stream import JobStream, job_age_s
 from protos.microturn.v1 import events_pb2
+from protos.redis_client import OutageBackoff
 
 log = logging.getLogger(__name__)
 
 UI_TOOL = "ui.render"
 DEFAULT_RECLAIM_IDLE_MS = 30_000
 DEFAULT_MAX_DELIVERIES = 3
+OWN_RETRIES = 3  # a lane works a job it could not finish this often before leaving it to a reclaim
 
 
 class ToolRunner(Protocol):
@@ -132,8 +138,8 @@ class JobWorker:
     async def run_forever(self) -> None:
         """Lanes claim one job at a time; a heartbeat keeps long jobs owned. Returns after
         `stop()` once the lanes have finished their current jobs."""
-        await self.jobs.ensure_group()
         self._stopping.clear()
+        await self._ensure_group()
         self._lanes = [asyncio.create_task(self._lane(i)) for i in range(self.concurrency)]
         heartbeat = asyncio.create_task(self._heartbeat())
         try:
@@ -142,6 +148,16 @@ class JobWorker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+
+    async def _ensure_group(self) -> None:
+        """Create the consumer group, waiting out an outage (until `stop()`)."""
+        backoff = OutageBackoff(f"{self.consumer}: creating the consumer group", logger=log)
+        while not self._stopping.is_set():
+            try:
+                await self.jobs.ensure_group()
+                return
+            except Exception as e:
+                await asyncio.sleep(backoff.failed(e))
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop claiming; let jobs in progress finish for up to `grace_s`, then cancel them
@@ -160,23 +176,41 @@ class JobWorker:
     async def _lane(self, index: int) -> None:
         """Claim and work jobs one at a time. Reclaiming scans the group's pending list, so
         the lanes share one schedule for it: one lane looks every `reclaim_period_s` (at
-        once again when it found something), the others only claim."""
+        once again when it found something), the others only claim.
+
+        A failed round (Redis unreachable, most likely) is logged and the lane backs off, then
+        goes on. A job it had taken but could not finish stays its own: the lane works it again
+        first (up to `OWN_RETRIES` times) rather than leave it idle until a reclaim, so an
+        outage delays the job by about its own length, not by `reclaim_idle_ms`."""
+        backoff = OutageBackoff(f"{self.consumer} lane {index}: claiming or publishing", logger=log)
+        unfinished: list[tuple[str, events_pb2.Job]] = []
+        tries = 0  # of the first unfinished job
         while not self._stopping.is_set():
-            now = time.monotonic()
-            reclaim = now >= self._next_reclaim
-            if reclaim:
-                self._next_reclaim = now + self.reclaim_period_s
             try:
-                batch, reclaimed = await self._next_batch(1, None, reclaim)
-                if reclaimed:
-                    self._next_reclaim = 0.0  # there may be more
-                for entry_id, job in batch:
-                    await self.process(entry_id, job)
+                if not unfinished:
+                    now = time.monotonic()
+                    reclaim = now >= self._next_reclaim
+                    if reclaim:
+                        self._next_reclaim = now + self.reclaim_period_s
+                    unfinished, reclaimed = await self._next_batch(1, None, reclaim)
+                    if reclaimed:
+                        self._next_reclaim = 0.0  # there may be more
+                while unfinished:
+                    tries += 1
+                    await self.process(*unfinished[0])
+                    unfinished.pop(0)
+                    tries = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Redis unreachable, most likely: back off, keep the lane alive
-                log.exception("%s lane %d: claiming or publishing failed; retrying in 1 s", self.consumer, index)
-                await asyncio.sleep(1.0)
+            except Exception as e:
+                if unfinished and tries >= OWN_RETRIES:
+                    log.warning("%s: job %s left to be reclaimed after %d tries", self.consumer,
+                                unfinished[0][1].job_id, tries)
+                    unfinished.pop(0)
+                    tries = 0
+                await asyncio.sleep(backoff.failed(e))
+            else:
+                backoff.succeeded()
 
     async def _heartbeat(self) -> None:
         period_s = max(0.05, self.reclaim_idle_ms / 3000)
@@ -207,9 +241,10 @@ class JobWorker:
             if self.metrics:
                 tool = job.requested_tool.tool or (calls[0].tool if calls else "")
                 self.metrics.on_job(tool, time.perf_counter() - started)
-        except Exception:
+        except Exception as e:
             self.stats.publish_failures += 1
-            log.exception("%s: job %s left pending for a retry", self.consumer, job.job_id)
+            log.warning("%s: job %s left pending for a retry (%s: %s)", self.consumer, job.job_id,
+                        type(e).__name__, e)
             raise
         finally:
             self._in_flight.discard(entry_id)

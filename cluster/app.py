@@ -14,7 +14,11 @@ FOREGROUND_APP = "foreground"
 BACKGROUND_APP = "background"
 
 
-def replica_settings(config: MicroturnConfig, redis_url: str | None) -> ReplicaSettings:
+def replica_settings(config: MicroturnConfig, redis_url: str | None,
+                     gateway_node_ip: str | None = None) -> ReplicaSettings:
+    """`gateway_node_ip`: `microturn up` runs its gateway there, and a replica on that node binds
+    its session port to loopback unless `foreground.bind_host` says otherwise; None (apps built
+    for a cluster) binds every interface."""
     fg = config.foreground
     return ReplicaSettings(
         max_sessions=fg.max_sessions, preset=fg.preset, device=fg.device, dtype=fg.dtype,
@@ -22,10 +26,13 @@ def replica_settings(config: MicroturnConfig, redis_url: str | None) -> ReplicaS
         backchannel_max_ms=fg.backchannel_max_ms, weave_max_wait_ms=fg.weave_max_wait_ms,
         invariant_kernels=fg.kernels == "invariant", tick_ms=fg.tick_ms, redis_url=redis_url,
         threads=fg.threads, idle_timeout_s=fg.idle_timeout_s, resume_grace_s=fg.resume_grace_s,
+        bind_host=fg.bind_host, gateway_node_ip=gateway_node_ip,
+        api_key_hashes=config.auth.api_key_hashes, auth_disabled=config.auth.disabled,
     )
 
 
-def build_foreground_app(config: MicroturnConfig, redis_url: str | None) -> Application:
+def build_foreground_app(config: MicroturnConfig, redis_url: str | None,
+                         gateway_node_ip: str | None = None) -> Application:
     """The foreground deployment. A live session holds no Serve request (it streams to the
     replica's own port), but `max_ongoing_requests` still admits one open per slot."""
     fg = config.foreground
@@ -45,7 +52,7 @@ def build_foreground_app(config: MicroturnConfig, redis_url: str | None) -> Appl
         options["placement_group_strategy"] = fg.placement_group_strategy
         if fg.label_selector:  # the group's node is chosen when its bundles are placed: gate those too
             options["placement_group_bundle_label_selector"] = [dict(fg.label_selector)]
-    return ForegroundDeployment.options(**options).bind(replica_settings(config, redis_url))
+    return ForegroundDeployment.options(**options).bind(replica_settings(config, redis_url, gateway_node_ip))
 
 
 def pool_settings(config: MicroturnConfig, redis_url: str) -> PoolSettings:

@@ -217,6 +217,7 @@ def _gateway(args: argparse.Namespace, config) -> int:
 
 def _talk(args: argparse.Namespace, config) -> int:
     from cluster.conversation import UnsupportedAudio
+    from cluster.local_api_key import find_api_key
     from cluster.talk import TalkError, default_out, run_talk
 
     if args.tail_s < 0:
@@ -225,7 +226,7 @@ def _talk(args: argparse.Namespace, config) -> int:
     address = args.address or f"{config.serve.host}:{config.serve.grpc_port}"
     try:
         summary = asyncio.run(run_talk(address, args.out or default_out(), args.wav, args.direct,
-                                       args.tail_s, args.policy))
+                                       args.tail_s, args.policy, find_api_key(config.auth.key_file)))
     except UnsupportedAudio as e:
         print(f"--wav {e}", file=sys.stderr)
         return 2

@@ -9,6 +9,9 @@
 `direct=True` asks the gateway to open the session (a routed call) and then streams straight
 to the replica that holds it, skipping the relay hop; it needs the replica's address to be
 reachable (inside the cluster, or locally).
+
+Every call carries the API key (`authorization: Bearer <key>`): `api_key`, else the one this
+machine's `microturn up` uses (MICROTURN_API_KEY, then its key file: `cluster.local_api_key`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from cluster.local_api_key import find_api_key
+from protos.api_keys import bearer_metadata
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb, interaction_pb2_grpc
 
 POLICIES = {"model": pb.TURN_POLICY_MODEL, "vad": pb.TURN_POLICY_VAD, "hybrid": pb.TURN_POLICY_HYBRID}
@@ -27,8 +32,9 @@ _END = object()
 
 
 class InteractionClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, api_key: str | None = None) -> None:
         self.address = address
+        self.metadata = bearer_metadata(api_key or find_api_key())  # sent with every call
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def __aenter__(self) -> InteractionClient:
@@ -47,7 +53,7 @@ class InteractionClient:
     async def open_session(self, **open_fields) -> pb.SessionOpened:
         """Reserve a slot through the routed unary call."""
         stub = interaction_pb2_grpc.InteractionStub(self.channel())
-        return await stub.OpenSession(_session_open(**open_fields), timeout=30)
+        return await stub.OpenSession(_session_open(**open_fields), timeout=30, metadata=self.metadata)
 
     def session(self, direct: bool = False, **open_fields) -> ClientSession:
         return ClientSession(self, direct, _session_open(**open_fields))
@@ -82,10 +88,14 @@ class ClientSession:
             address = reserved.replica
         stub = interaction_pb2_grpc.InteractionStub(self.client.channel(address))
         await self._outgoing.put(pb.ClientMessage(open=self.opening))
-        self._call = stub.Converse(self._requests())
-        first = await self._call.read()
-        if first is grpc.aio.EOF or first.WhichOneof("payload") != "opened":
-            raise RuntimeError(f"the server did not open the session: {first}")
+        self._call = stub.Converse(self._requests(), metadata=self.client.metadata)
+        try:
+            first = await self._call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("payload") != "opened":
+                raise RuntimeError(f"the server did not open the session: {first}")
+        except BaseException:  # refused (a wrong key or token, no free slot): end the request stream too
+            await self.__aexit__()
+            raise
         self.opened = first.opened
         self._reader = asyncio.create_task(self._read())
         return self

@@ -8,13 +8,17 @@ to set it.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cluster.local_api_key import default_key_file
 
 ENV_PREFIX = "MICROTURN_"
 
@@ -49,6 +53,16 @@ class ServeConfig(Section):
     grpc_port: int = Field(50151, ge=0, le=65535, description="the gateway's port (0: any free)")
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="the gateway's Prometheus /metrics port (0: any free; unset: none)")
+    realtime: bool = Field(True, description="serve the OpenAI Realtime WebSocket (/v1/realtime) and the console (/)")
+    realtime_port: int | None = Field(None, ge=0, le=65535, description=(
+        "the gateway's HTTP port for /v1/realtime and the console (0: any free; unset: grpc_port + 1, "
+        "or any free port when grpc_port is 0)"))
+
+    def realtime_port_for(self, grpc_port: int) -> int:
+        """The HTTP port to bind next to a gateway on `grpc_port`."""
+        if self.realtime_port is not None:
+            return self.realtime_port
+        return grpc_port + 1 if grpc_port else 0
 
 
 class ForegroundConfig(Section):
@@ -77,6 +91,9 @@ class ForegroundConfig(Section):
         "process on the node, which a real-time replica must not be"))
     idle_timeout_s: float = Field(30.0, gt=0)
     resume_grace_s: float = Field(15.0, ge=0)
+    bind_host: str | None = Field(None, description=(
+        "the interface replicas' session ports listen on; unset: 127.0.0.1 for a replica on the machine "
+        "of `microturn up`'s gateway, 0.0.0.0 elsewhere (other nodes, and every replica on Kubernetes)"))
     # Placement on NVLink GPU nodes, e.g. label_selector {"microturn.io/nvlink": "true"},
     # placement_group_bundles [{"GPU": 1, "CPU": 4}], strategy STRICT_PACK.
     label_selector: dict[str, str] = Field(default_factory=dict)
@@ -125,6 +142,45 @@ class BackgroundConfig(Section):
         return self
 
 
+class AuthConfig(Section):
+    """API keys, required on every gRPC entry point (gateway, replicas, EventBus) unless disabled.
+
+    Servers keep only each key's SHA-256. `microturn up` with none configured creates a local key
+    in `key_file`; on a cluster with none configured, the gateway and the apps refuse to start.
+    """
+
+    api_key_hashes: Annotated[tuple[str, ...], NoDecode] = Field((), description=(
+        "SHA-256 of each accepted key, 64 hex digits (`printf %s KEY | sha256sum`); the environment "
+        "variable takes them comma-separated"))
+    disabled: bool = Field(False, description="accept calls without a key (only on a network you trust)")
+    key_file: Path = Field(default_factory=default_key_file, description=(
+        "`microturn up`: the local key it creates when no hashes are set (mode 0600); clients read it"))
+
+    @field_validator("key_file")
+    @classmethod
+    def _expand_home(cls, path: Path) -> Path:
+        return path.expanduser()
+
+    @field_validator("api_key_hashes", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment: "h1,h2" (a JSON list works too)
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        return value
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _digests(cls, hashes: tuple[str, ...]) -> tuple[str, ...]:
+        hashes = tuple(h.split()[0].lower() for h in hashes if h.strip())  # `sha256sum` adds "  -": drop it
+        if any("change-me" in h for h in hashes):
+            raise ValueError("still the CHANGE-ME placeholder of deploy/base/secrets.yaml: put the SHA-256 of "
+                             "each client key there")
+        if not all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes):
+            raise ValueError("each entry must be a key's SHA-256 as 64 hex digits (`printf %s KEY | sha256sum`), "
+                             "never the key itself")
+        return hashes
+
+
 class MicroturnConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -139,6 +195,7 @@ class MicroturnConfig(BaseSettings):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     foreground: ForegroundConfig = Field(default_factory=ForegroundConfig)
     background: BackgroundConfig = Field(default_factory=BackgroundConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
@@ -182,6 +239,7 @@ def _explain(error: ValidationError) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
         env = ENV_PREFIX + "_".join(str(part) for part in item["loc"]).upper()
-        shown = "" if item["type"] == "missing" else f" = {item.get('input')!r}"
+        hidden = item["type"] == "missing" or key.startswith("auth.")  # it may be a key pasted by mistake
+        shown = "" if hidden else f" = {item.get('input')!r}"
         lines.append(f"  {key}{shown}: {item['msg']} (set `{key}` in the YAML file or {env})")
     return "\n".join(lines)

@@ -21,7 +21,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import redis.asyncio as aioredis
 from google.protobuf.json_format import MessageToDict
 
 from cluster.client import InteractionClient
@@ -30,6 +29,7 @@ from cluster.conversation import RequestTool, Say, Script, Silence, measure, str
 from cluster.health_probe import check_health
 from cluster.runtime import LocalCluster
 from protos.microturn.v1 import events_pb2
+from protos.redis_client import redis_from_url
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ async def run_demo(config: MicroturnConfig, run_dir: Path) -> dict:
             "bus_round_trip_ms": await _event_round_trip(endpoints.redis_url, session_id="demo"),
         }
         log.info("holding the conversation through the gateway %s", endpoints.gateway)
-        async with InteractionClient(endpoints.gateway) as client:
+        async with InteractionClient(endpoints.gateway, cluster.api_key) as client:
             async with client.session() as session:
                 recording = await stream_script(session, track, tail_s=TAIL_S)
         log.info("conversation over; stopping the cluster")
@@ -120,7 +120,7 @@ async def _event_round_trip(redis_url: str, session_id: str) -> float:
         transcript=events_pb2.Transcript(role="assistant", text="hello from the bus", final=True),
     )
     stream = f"mt:session:{session_id}:events"
-    client = aioredis.Redis.from_url(redis_url)
+    client = redis_from_url(redis_url)
     try:
         t0 = time.perf_counter()
         entry_id = await client.xadd(stream, {"event": event.SerializeToString()}, maxlen=1000)

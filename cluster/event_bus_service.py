@@ -1,8 +1,12 @@
 """The `EventBus` gRPC service: publish to and subscribe to a session's event stream.
 
 External tools, UIs and the cluster use the same bus. Only holders of a session's token (from
-`SessionOpened`) may publish to it or read it; the session directory knows the token while the
-session lives. Subscribers resume with the last stream id they saw: no gaps, no duplicates.
+`SessionOpened`) may publish to it or read it, and only while the session lives: the session
+directory knows the token until the session closes (tokens compared in constant time). Another
+session's token is PERMISSION_DENIED, a closed session NOT_FOUND, and an open Subscribe ends (OK,
+after the events published before the close) within `LIVENESS_CHECK_S` of its session closing.
+Subscribers resume with the last stream id they saw: no gaps, no duplicates. The API key every
+call also needs is checked before this service sees the call (`protos.api_keys`).
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from foreground.serve.session_directory import SessionDirectory
 from protos.event_bus import EventBus
 from protos.microturn.v1 import eventbus_pb2 as pb, eventbus_pb2_grpc
 
+LIVENESS_CHECK_S = 1.0  # how often a Subscribe with nothing to send asks whether its session lives
+
 
 class EventBusService(eventbus_pb2_grpc.EventBusServicer):
-    def __init__(self, bus: EventBus, directory: SessionDirectory) -> None:
+    def __init__(self, bus: EventBus, directory: SessionDirectory, liveness_check_s: float = LIVENESS_CHECK_S) -> None:
         self.bus, self.directory = bus, directory
+        self.liveness_check_ms = max(1, int(liveness_check_s * 1000))
 
     async def Publish(self, request: pb.PublishRequest, context) -> pb.PublishResponse:
         await self._authorize(request.session_id, request.token, context)
@@ -37,15 +44,25 @@ class EventBusService(eventbus_pb2_grpc.EventBusServicer):
         return pb.PublishResponse(id=entry_id, duplicate=duplicate)
 
     async def Subscribe(self, request: pb.SubscribeRequest, context) -> AsyncIterator[pb.StreamedEvent]:
-        await self._authorize(request.session_id, request.token, context)
-        async for entry_id, event in self.bus.subscribe(request.session_id, request.after_id or "0-0"):
-            yield pb.StreamedEvent(id=entry_id, event=event)
+        session_id = request.session_id
+        await self._authorize(session_id, request.token, context)
+        last = request.after_id or "0-0"
+        while True:
+            live = await self.directory.lookup(session_id) is not None
+            # Once closed, read on without waiting until nothing is left of what came before the close.
+            entries = await self.bus.read({session_id: last}, block_ms=self.liveness_check_ms if live else None)
+            for _, entry_id, event in entries:
+                last = entry_id
+                yield pb.StreamedEvent(id=entry_id, event=event)
+            if not live and not entries:
+                return
 
     async def _authorize(self, session_id: str, token: str, context) -> None:
         if not session_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session_id: required")
         where = await self.directory.lookup(session_id)
         if where is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"session {session_id!r} is not live")
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"session {session_id!r} is not live (closed, or never opened)")
         if not where.token_matches(token):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "token: does not match the session")

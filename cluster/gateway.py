@@ -5,7 +5,8 @@ Clients outside Kubernetes cannot reach replica pods, so the gateway (stateless,
 each session to the replica that holds it (see `gateway_relay`). Gateways scale horizontally
 behind one Service; a session survives a gateway restart by reconnecting through any gateway.
 Every gateway also serves the `EventBus` (publish/subscribe to a session's events with its
-token), grpc.health.v1 and reflection.
+token), grpc.health.v1 and reflection. Every call but health and reflection needs an API key
+(`protos.api_keys`); a relayed stream carries the client's key on to the replica.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import grpc
 from cluster.event_bus_service import EventBusService
 from cluster.gateway_relay import GatewayInteractionService
 from foreground.serve.session_directory import SessionDirectory
+from protos.api_keys import ApiKeyInterceptor, ApiKeys
 from protos.event_bus import EventBus
 from protos.microturn.v1 import eventbus_pb2, eventbus_pb2_grpc, interaction_pb2, interaction_pb2_grpc
 from protos.standard_services import add_standard_services, mark_not_serving, mark_serving
@@ -28,8 +30,8 @@ EVENT_BUS = eventbus_pb2.DESCRIPTOR.services_by_name["EventBus"].full_name
 
 
 class Gateway:
-    def __init__(self, host: str, port: int, foreground, redis_url: str) -> None:
-        self.server = grpc.aio.server()
+    def __init__(self, host: str, port: int, foreground, redis_url: str, api_keys: ApiKeys) -> None:
+        self.server = grpc.aio.server(interceptors=[ApiKeyInterceptor(api_keys)])
         self.directory = SessionDirectory.from_url(redis_url)
         self.relay = GatewayInteractionService(foreground, self.directory)
         interaction_pb2_grpc.add_InteractionServicer_to_server(self.relay, self.server)

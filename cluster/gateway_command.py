@@ -24,6 +24,7 @@ import time
 from ray import serve
 
 from cluster.app import FOREGROUND_APP
+from cluster.cluster_secrets import cluster_api_keys, refuse_placeholders
 from cluster.config import ConfigError, MicroturnConfig
 from cluster.gateway import Gateway
 from cluster.ray_runtime import start_ray
@@ -37,13 +38,16 @@ STOP_TIMEOUT_S = 10.0
 
 
 def check_gateway_config(config: MicroturnConfig) -> str:
-    """The Redis URL; a gateway has no local Redis or Ray to fall back on, so both must be set."""
+    """The Redis URL; a gateway has no local Redis or Ray to fall back on, so both must be set,
+    and it takes no placeholder secrets and no fewer than one API key (or `auth.disabled`)."""
+    refuse_placeholders()
     if not config.redis.url:
         raise ConfigError("redis.url is unset: the gateway needs the cluster's Redis "
                           "(set MICROTURN_REDIS_URL or `redis: {url: ...}` in the config file)")
     if not config.ray.address:
         raise ConfigError("ray.address is unset: the gateway joins a running cluster "
                           "(set RAY_ADDRESS, e.g. ray://microturn-head-svc:10001)")
+    cluster_api_keys(config)
     return config.redis.url
 
 
@@ -63,9 +67,17 @@ async def run_gateway(config: MicroturnConfig, host: str, port: int, metrics_por
 
         start_http_server(metrics_port, addr=host)
         log.info("gateway metrics on %s:%d/metrics", host, metrics_port)
-    gateway = Gateway(host, port, foreground, redis_url)
+    gateway = Gateway(host, port, foreground, redis_url, cluster_api_keys(config))
     await gateway.start()
     print(f"gateway (gRPC: Interaction, EventBus, health, reflection): {gateway.address}", flush=True)
+    realtime = None
+    if config.serve.realtime:
+        from cluster.realtime.server import RealtimeServer
+
+        realtime = RealtimeServer(host, config.serve.realtime_port_for(port), gateway.address,
+                                  cluster_api_keys(config), gateway.bus)
+        await realtime.start()
+        print(f"realtime (OpenAI Realtime WebSocket /v1/realtime, console /): {realtime.url}", flush=True)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -76,6 +88,9 @@ async def run_gateway(config: MicroturnConfig, host: str, port: int, metrics_por
     done, _ = await asyncio.wait({watchdog, stopped}, return_when=asyncio.FIRST_COMPLETED)
     for task in (watchdog, stopped):
         task.cancel()
+    if realtime is not None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(realtime.stop(), STOP_TIMEOUT_S)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(gateway.stop(), STOP_TIMEOUT_S)
     if watchdog in done:

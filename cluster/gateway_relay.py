@@ -3,7 +3,8 @@
 `OpenSession` is the routed call: Serve's router picks a foreground replica, which reserves a
 slot (a full one declines and the next attempt goes elsewhere). `Converse` relays a stream to
 the replica that holds its session: a new session is opened first; a resumed one is looked up
-in the session directory (Redis), so any gateway can carry any session.
+in the session directory (Redis), so any gateway can carry any session. The client's API key
+(already checked here) goes on with the stream: the replica checks it too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import grpc
 
 from cluster.gateway_metrics import gateway_metrics
 from foreground.serve.session_directory import SessionDirectory
+from protos.api_keys import AUTHORIZATION
 from protos.microturn.v1 import interaction_pb2 as pb, interaction_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,8 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
             opened = await self._route_open(opening, context)
             opening.session_id, opening.token, address = opened.session_id, opened.token, opened.replica
         stub = interaction_pb2_grpc.InteractionStub(self._channel(address))
-        call = stub.Converse(_forward(pb.ClientMessage(open=opening), requests))
+        key = [(k, v) for k, v in context.invocation_metadata() or () if k == AUTHORIZATION]
+        call = stub.Converse(_forward(pb.ClientMessage(open=opening), requests), metadata=key)
         self.metrics.relayed_streams.inc()
         try:
             async for message in call:

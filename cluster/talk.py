@@ -40,8 +40,9 @@ def events_path(out: Path) -> Path:
 
 
 async def run_talk(address: str, out: Path, wav: Path | None = None, direct: bool = False,
-                   tail_s: float = 3.0, policy: str | None = None) -> dict:
+                   tail_s: float = 3.0, policy: str | None = None, api_key: str | None = None) -> dict:
     """Stream `wav` (or the synthetic voice) to the gateway at `address`; returns the summary.
+    `api_key` unset: the SDK finds this machine's (MICROTURN_API_KEY, then `up`'s key file).
 
     Raises `UnsupportedAudio` for a WAV the protocol cannot take and `TalkError` when the
     cluster cannot be reached.
@@ -51,13 +52,14 @@ async def run_talk(address: str, out: Path, wav: Path | None = None, direct: boo
     log.info("talking to %s%s: %s, %.1f s at %d Hz", address, " (direct to the replica)" if direct else "",
              source, track.seconds, track.sample_rate)
     try:
-        async with InteractionClient(address) as client:
+        async with InteractionClient(address, api_key) as client:
             async with client.session(direct=direct, turn_policy=policy,
                                       input_sample_rate=track.sample_rate) as session:
                 recording = await stream_script(session, track, tail_s=tail_s)
     except grpc.aio.AioRpcError as e:
-        hint = " (is a cluster running? start one with `microturn up`)" \
-            if e.code() == grpc.StatusCode.UNAVAILABLE else ""
+        hint = {grpc.StatusCode.UNAVAILABLE: " (is a cluster running? start one with `microturn up`)",
+                grpc.StatusCode.UNAUTHENTICATED: " (set MICROTURN_API_KEY, or run on the machine of `microturn up`, "
+                                                 "which prints where its key is)"}.get(e.code(), "")
         raise TalkError(f"{address}: {e.code().name}: {e.details()}{hint}") from None
     recording.write_wav(out)
     recording.write_events(events_path(out))

@@ -9,6 +9,9 @@ proxy with a separate Ray call), while a plain `grpc.aio` server inside the repl
 port; a session is opened by a routed call (`open_session` through the deployment handle,
 which picks a replica with room and records `session -> address` in Redis), then streamed
 straight to that port, or through a gateway that looks the session up.
+
+That port takes API keys like every entry point (`protos.api_keys`). Under `microturn up` it
+listens on loopback only: the gateway beside it is its one caller there.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from foreground.serve.metrics import ForegroundMetrics
 from foreground.serve.result_follower import ResultFollower
 from foreground.serve.session_directory import SessionDirectory
 from foreground.serve.session_host import HostSettings, SessionHost
+from protos.api_keys import ApiKeyInterceptor, ApiKeys
 from protos.event_bus import EventBus
 from protos.job_stream import JobStream
 from protos.microturn.v1 import interaction_pb2, interaction_pb2_grpc
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 
 GIL_SWITCH_INTERVAL_S = 0.0005
 INTERACTION = interaction_pb2.DESCRIPTOR.services_by_name["Interaction"].full_name
+ANY_INTERFACE = ("0.0.0.0", "::", "[::]")
 
 
 @dataclass(frozen=True)
@@ -68,12 +73,16 @@ class ReplicaSettings:
     idle_timeout_s: float = 30.0
     resume_grace_s: float = 15.0
     drain_grace_s: float = 2.0
+    bind_host: str | None = None  # unset: see `session_bind_host`
+    gateway_node_ip: str | None = None  # `microturn up`'s gateway runs on this node
+    api_key_hashes: tuple[str, ...] = ()  # SHA-256 of each accepted API key
+    auth_disabled: bool = False
 
 
 class ForegroundReplica:
     """One replica: a tick engine with `max_sessions` slots and its own session port."""
 
-    async def __init__(self, settings: ReplicaSettings, host: str = "0.0.0.0") -> None:
+    async def __init__(self, settings: ReplicaSettings) -> None:
         self.settings = settings
         # The tick runs in a worker thread; chunks arrive on the event loop thread. Python
         # hands the GIL over every 5 ms by default, which showed up as 5-8 ms p99 inbound
@@ -93,15 +102,20 @@ class ForegroundReplica:
                  "trained" if calibrated else "seeded")
         engine = TickScheduler(family, settings.max_sessions, turn, jobs=jobs,
                                invariant_kernels=settings.invariant_kernels)
-        self.server = grpc.aio.server()
+        keys = ApiKeys(settings.api_key_hashes, required=not settings.auth_disabled)
+        self.server = grpc.aio.server(interceptors=[ApiKeyInterceptor(keys)])
+        host = session_bind_host(settings)
         port = self.server.add_insecure_port(f"{host}:0")
-        self.address = f"{ray.util.get_node_ip_address()}:{port}"
+        advertised = ray.util.get_node_ip_address() if host in ANY_INTERFACE else host
+        self.address = f"{advertised}:{port}"
         self.replica_id = _replica_id()
         self.directory = SessionDirectory.from_url(settings.redis_url) if settings.redis_url else None
         self.host = SessionHost(engine, HostSettings(
             replica_id=self.replica_id, address=self.address, tick_ms=family.shape.tick_ms,
             idle_timeout_s=settings.idle_timeout_s, resume_grace_s=settings.resume_grace_s), self.directory,
             ForegroundMetrics(self.replica_id, family.shape.tick_ms))
+        if jobs is not None:  # a job Redis would not take reaches its client as an error
+            jobs.on_lost = self.host.delegation_failed
         interaction_pb2_grpc.add_InteractionServicer_to_server(ReplicaInteractionService(self.host), self.server)
         self.health = add_standard_services(self.server, [INTERACTION])
         follower = ResultFollower(self.bus, lambda: list(self.host.sessions), self.host.on_event) if self.bus else None
@@ -136,7 +150,9 @@ class ForegroundReplica:
         return {"free_slots": self.host.engine.slots.free, "at": time.monotonic()}
 
     async def check_health(self) -> None:
-        """Serve's health probe: a replica whose tick loop died is replaced."""
+        """Serve's health probe: a replica whose tick loop died is replaced. A Redis outage
+        does not fail it: the replica's Redis loops back off and go on (`SessionHost`), and
+        replacing the replica would only drop its sessions."""
         if not self.host.running:
             raise RuntimeError("the tick loop has stopped")
 
@@ -147,10 +163,24 @@ class ForegroundReplica:
         await self.server.stop(grace=self.settings.drain_grace_s)
         await self.host.stop()
         if self.directory:
-            await self.directory.withdraw_replica(self.replica_id)
+            try:
+                await self.directory.withdraw_replica(self.replica_id)
+            except Exception as e:  # Redis is down: the key expires by itself (REPLICA_TTL_S)
+                log.warning("could not withdraw replica %s from the directory: %s", self.replica_id, e)
             await self.directory.close()
         if self.bus:
             await self.bus.close()
+
+
+def session_bind_host(settings: ReplicaSettings) -> str:
+    """Where the session port listens: `bind_host` when set; else loopback for a replica on the
+    node of `microturn up`'s gateway (nothing else on the machine or the network needs it), and
+    every interface for any other replica (a cluster's gateways reach it across nodes)."""
+    if settings.bind_host:
+        return settings.bind_host
+    if settings.gateway_node_ip and settings.gateway_node_ip == ray.util.get_node_ip_address():
+        return "127.0.0.1"
+    return "0.0.0.0"
 
 
 def _replica_id() -> str:

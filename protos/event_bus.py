@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 
 from protos.microturn.v1 import events_pb2
+from protos.redis_client import redis_from_url
 
 EVENTS_MAXLEN = 1000  # per session stream (approximate trimming)
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -50,7 +51,7 @@ class EventBus:
 
     @classmethod
     def from_url(cls, url: str) -> EventBus:
-        return cls(aioredis.Redis.from_url(url))
+        return cls(redis_from_url(url))
 
     async def close(self) -> None:
         await self.redis.aclose()

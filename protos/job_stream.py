@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 
 from protos.event_bus import JOBS_GROUP, JOBS_MAXLEN, JOBS_STREAM
 from protos.microturn.v1 import events_pb2
+from protos.redis_client import redis_from_url
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class JobStream:
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> JobStream:
-        return cls(aioredis.Redis.from_url(url), **kwargs)
+        return cls(redis_from_url(url), **kwargs)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -1,12 +1,15 @@
 """Shared real parts for the suite: one Redis and one local Ray per test session.
 
 Fault tests that need a Redis of their own use `private_redis`, which ends its server by pid.
+Local clusters keep their API key in a file of the test session's own (`local_api_key_file`),
+never in the user's `~/.config/microturn`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,20 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 from cluster.config import RayConfig  # noqa: E402
 from cluster.redis_server import EmbeddedRedis  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_api_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where `LocalCluster`, `microturn up` (a child process inherits the variable) and clients
+    find the local API key during the suite; a key of the developer's own is not used."""
+    saved = {name: os.environ.pop(name, None) for name in ("MICROTURN_API_KEY", "MICROTURN_AUTH_KEY_FILE")}
+    path = tmp_path_factory.mktemp("auth") / "api_key"
+    os.environ["MICROTURN_AUTH_KEY_FILE"] = str(path)
+    yield path
+    for name, value in saved.items():
+        os.environ.pop(name, None)
+        if value is not None:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,16 @@
 """deploy/ applies as it is: every overlay renders with the real kustomize, passes the KubeRay
 v1.7.0 CRD and the Kubernetes schemas strictly, builds its Serve apps from the code named in
 serveConfigV2, fits its worker groups, and names only Secrets that exist. Broken copies prove
-the checks can fail. How rendering and validation work: tests/kube_checks.py.
+the checks can fail. How rendering and validation work: tests/kube_checks.py. The Secrets ship
+`CHANGE-ME` placeholders, which the apps and the gateway refuse; checks that build or load
+config first fill them in, as an operator does (README "Operators", step 2).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import json
 import os
 import re
@@ -28,7 +31,9 @@ DEPLOY, DASHBOARDS = ROOT / "deploy", ROOT / "dashboards"
 TARGETS = {"base": DEPLOY / "base", "gpu-nvlink": DEPLOY / "overlays" / "gpu-nvlink",
            "gpu-moshi": DEPLOY / "overlays" / "gpu-moshi", "cpu-dev": DEPLOY / "overlays" / "cpu-dev"}
 APPS = ("foreground", "background")
-CORE_KINDS = {"Namespace", "Secret", "ConfigMap", "Service", "Deployment", "StatefulSet", "PersistentVolumeClaim"}
+CORE_KINDS = {"Namespace", "Secret", "ConfigMap", "Service", "Deployment", "StatefulSet", "PersistentVolumeClaim",
+              "NetworkPolicy"}
+FILLED_IN = hashlib.sha256(b"an operator's real value").hexdigest()  # fits every Secret, an API-key hash too
 
 pytestmark = pytest.mark.skipif(kustomize_command() is None,
                                 reason="needs kubectl (built-in kustomize) or kustomize on PATH")
@@ -56,7 +61,12 @@ def groups(docs: list[dict]) -> dict[str, dict]:
     return {g["groupName"]: g for g in rayservice(docs)["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
 
 
-def built_app(docs: list[dict], name: str, monkeypatch: pytest.MonkeyPatch):
+def filled_in(env: dict[str, str]) -> dict[str, str]:
+    """The env once an operator has replaced every CHANGE-ME in the Secrets."""
+    return {key: re.sub(r"CHANGE-ME[\w-]*", FILLED_IN, value) for key, value in env.items()}
+
+
+def built_app(docs: list[dict], name: str, monkeypatch: pytest.MonkeyPatch, secrets_filled_in: bool = True):
     """Serve's config deploy, minus Ray: the head's env (Serve builds there or on any Ray pod:
     test_ray_pods_share_the_microturn_env) plus the app's runtime_env, then the builder. Returns
     the bound Deployment; its placement and autoscaling options are only on private fields."""
@@ -64,7 +74,7 @@ def built_app(docs: list[dict], name: str, monkeypatch: pytest.MonkeyPatch):
     head = rayservice(docs)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
     env = container_env(docs, head["spec"]["containers"][0])
     env.update((app.get("runtime_env") or {}).get("env_vars") or {})
-    for key, value in env.items():
+    for key, value in (filled_in(env) if secrets_filled_in else env).items():
         monkeypatch.setenv(key, value)
     return build_application(app["import_path"], app.get("args") or {})._bound_deployment
 
@@ -128,7 +138,8 @@ def test_ray_pods_share_the_microturn_env_and_it_loads(rendered, target, clean_e
     for doc in docs:
         for where, template in pod_templates(doc):
             for container in containers(template):
-                env = {k: v for k, v in container_env(docs, container).items() if k.startswith("MICROTURN_")}
+                env = {k: v for k, v in filled_in(container_env(docs, container)).items()
+                       if k.startswith("MICROTURN_")}
                 for key, value in env.items():
                     clean_env.setenv(key, value)
                 load_config()  # an unknown MICROTURN_<SECTION>_<KEY> would raise ConfigError
@@ -137,7 +148,70 @@ def test_ray_pods_share_the_microturn_env_and_it_loads(rendered, target, clean_e
                 if doc["kind"] == "RayService":
                     envs[where] = env
     assert len({json.dumps(env, sort_keys=True) for env in envs.values()}) == 1, envs
-    assert "MICROTURN_REDIS_URL" in next(iter(envs.values()))
+    assert {"MICROTURN_REDIS_URL", "MICROTURN_AUTH_API_KEY_HASHES"} <= next(iter(envs.values())).keys()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_placeholder_secrets_stop_the_apps_from_building(rendered, target, clean_env):
+    from cluster.config import ConfigError
+
+    for app in APPS:
+        with pytest.raises(ConfigError, match="CHANGE-ME placeholder") as err:
+            built_app(rendered[target], app, clean_env, secrets_filled_in=False)
+        assert "MICROTURN_REDIS_URL" in str(err.value) and "redis://" not in str(err.value)
+
+
+RAY_INTERNAL_PORTS = {"gcs-server", "client"}  # what no one outside the namespace may reach
+OBSERVER_PORTS = {"dashboard", "serve", "metrics", "as-metrics", "dash-metrics"}  # KubeRay, Prometheus
+
+
+def _pod_labels(doc: dict, where: str, template: dict) -> dict[str, str]:
+    labels = dict(template["metadata"].get("labels") or {})
+    if doc["kind"] == "RayService":  # KubeRay labels the pods it creates
+        labels["ray.io/node-type"] = "head" if where.endswith("/head") else "worker"
+    return labels
+
+
+def exposure_errors(docs: list[dict]) -> list[str]:
+    """What the NetworkPolicies let in from outside the namespace beyond the gateway Service's
+    ports (to anyone) and the observers' ports (to named namespaces or pods)."""
+    policies, errors = of_kind(docs, "NetworkPolicy"), []
+    gateway = named(docs, "Service", "microturn-gateway")["spec"]
+    served = {p["targetPort"] for p in gateway["ports"]}
+    for doc in docs:
+        for where, template in pod_templates(doc):
+            labels = _pod_labels(doc, where, template)
+            if not any(p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items() for p in policies):
+                errors.append(f"{where}: no NetworkPolicy selects it, so anyone may connect")
+    for policy in policies:
+        name, spec = policy["metadata"]["name"], policy["spec"]
+        for rule in spec.get("ingress", []):
+            peers = rule.get("from") or [{}]  # no `from`: every source
+            ports = {p.get("port") for p in rule.get("ports", [])}
+            for peer in peers:
+                if set(peer) == {"podSelector"}:
+                    continue  # pods of this namespace
+                if not peer or "ipBlock" in peer:
+                    to_gateway = spec["podSelector"].get("matchLabels") == gateway["selector"]
+                    if not (to_gateway and ports and ports <= served):
+                        errors.append(f"{name}: open to anyone beyond the gateway Service's ports")
+                elif not ports or not ports <= OBSERVER_PORTS:
+                    errors.append(f"{name}: another namespace reaches {sorted(map(str, ports)) or 'every port'}")
+    return errors
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_only_the_gateway_is_reachable_from_outside_the_namespace(rendered, target):
+    docs = rendered[target]
+    assert exposure_errors(docs) == []
+    same = named(docs, "NetworkPolicy", "microturn-same-namespace")["spec"]
+    assert same["podSelector"] == {} and same["ingress"] == [{"from": [{"podSelector": {}}]}]
+    named_ports = {p["name"] for doc in docs for _, t in pod_templates(doc) for c in containers(t)
+                   for p in c.get("ports", [])}
+    for policy in of_kind(docs, "NetworkPolicy"):  # a named port no pod has would let nothing in
+        for rule in policy["spec"].get("ingress", []):
+            assert {p["port"] for p in rule.get("ports", [])} <= named_ports, policy["metadata"]["name"]
+    assert not RAY_INTERNAL_PORTS & OBSERVER_PORTS
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -240,6 +314,8 @@ def test_gateway_is_exposed_and_joins_the_rayservice(rendered, target):
     auth = ray["spec"]["rayClusterConfig"]["authOptions"]
     ref = next(e for e in container["env"] if e["name"] == "RAY_AUTH_TOKEN")["valueFrom"]["secretKeyRef"]
     assert env["RAY_AUTH_MODE"] == auth["mode"] == "token" and ref["name"] == auth["secretName"]
+    hashes = next(e for e in container["env"] if e["name"] == "MICROTURN_AUTH_API_KEY_HASHES")
+    assert hashes["valueFrom"]["secretKeyRef"] == {"name": "microturn-api-keys", "key": "client-api-key-hashes"}
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -320,6 +396,12 @@ def _misspell_secret_key(docs: list[dict]) -> list[str]:
     return secret_ref_errors(docs)
 
 
+def _open_to_all(docs: list[dict]) -> list[dict]:
+    same = named(docs, "NetworkPolicy", "microturn-same-namespace")
+    same["spec"]["ingress"][0]["from"][0]["namespaceSelector"] = {}  # pods of any namespace
+    return docs
+
+
 BROKEN = {
     "misspelled RayService field": lambda docs, mp: rayservice_errors(_renamed(
         rayservice(docs), "spec.rayClusterConfig.workerGroupSpecs.0", "rayStartParams", "rayStartParam")),
@@ -336,6 +418,7 @@ BROKEN = {
         [d for d in docs if not (d["kind"] == "Secret" and d["metadata"]["name"] == "microturn-ray-auth")]),
     "misspelled PodMonitor field": lambda docs, mp: podmonitor_errors(_renamed(
         named(docs, "PodMonitor", "microturn-ray"), "spec", "podMetricsEndpoints", "podMetricEndpoints")),
+    "NetworkPolicy that opens Ray pods to every namespace": lambda docs, mp: exposure_errors(_open_to_all(docs)),
     "misspelled Deployment field": lambda docs, mp: core_errors(_set_in(
         named(docs, "Deployment", "microturn-gateway"), "spec.template.spec.containers.0.imagePullPolicyy",
         "IfNotPresent")),
@@ -356,6 +439,12 @@ def test_gateway_command_needs_the_cluster_redis_and_ray(clean_env, capsys):
     clean_env.setenv("MICROTURN_REDIS_URL", "redis://127.0.0.1:1/0")
     assert main(["gateway"]) == 2
     assert "RAY_ADDRESS" in capsys.readouterr().err
+    clean_env.setenv("RAY_ADDRESS", "ray://127.0.0.1:1")
+    assert main(["gateway"]) == 2
+    assert "MICROTURN_AUTH_API_KEY_HASHES" in capsys.readouterr().err  # keys, or auth.disabled
+    clean_env.setenv("RAY_AUTH_TOKEN", "CHANGE-ME-ray-auth-token-at-least-32-chars")
+    assert main(["gateway"]) == 2
+    assert "RAY_AUTH_TOKEN: still the CHANGE-ME placeholder" in capsys.readouterr().err
 
 
 def test_gateway_watchdog_gives_up_on_a_gone_cluster(monkeypatch):

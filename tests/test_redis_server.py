@@ -1,7 +1,11 @@
-"""The embedded Redis is a real server: AOF, streams, consumer groups, XAUTOCLAIM; it stops clean."""
+"""The embedded Redis is a real server: AOF, streams, consumer groups, XAUTOCLAIM; it stops
+clean; killed, it comes back on its port with its data."""
 
 import os
+import signal
+import time
 
+import pytest
 import redis
 
 from cluster.config import RedisConfig
@@ -19,6 +23,7 @@ def _alive(pid: int) -> bool:
 def test_embedded_server_has_aof_and_stream_features(redis_server):
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     assert client.config_get("appendonly")["appendonly"] == "yes"
+    assert client.config_get("appendfsync")["appendfsync"] == "everysec"
     stream = "mt:test:features"
     client.xgroup_create(stream, "workers", id="0", mkstream=True)
     first = client.xadd(stream, {"job": "1"})
@@ -37,6 +42,29 @@ def test_private_server_stops_by_pid_and_removes_its_folder(private_redis):
     server.stop()
     assert not _alive(server.pid)
     assert not server.data_dir.exists()
+
+
+@pytest.mark.timeout(30)
+def test_a_killed_server_is_restarted_on_its_port_with_its_data(private_redis):
+    server = private_redis()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    client.set("acknowledged", "before the kill")  # answered, so in the AOF (the OS has it)
+    client.xadd("mt:test:stream", {"n": "1"})
+    client.close()
+    old_pid, port, data_dir = server.pid, server.port, server.data_dir
+    os.kill(old_pid, signal.SIGKILL)
+    began = time.monotonic()
+    while server.restarts == 0:
+        assert time.monotonic() - began < 2.0, "not restarted within 2 s"
+        time.sleep(0.02)
+    assert server.pid != old_pid and not _alive(old_pid) and server.port == port and server.data_dir == data_dir
+    client = redis.Redis.from_url(server.url, decode_responses=True)  # the same URL
+    assert client.get("acknowledged") == "before the kill" and client.xlen("mt:test:stream") == 1
+    assert client.config_get("appendonly")["appendonly"] == "yes"
+    client.close()
+    assert data_dir.exists()  # only stop() removes it
+    server.stop()
+    assert not _alive(server.pid) and not data_dir.exists()
 
 
 def test_configured_url_starts_nothing(redis_server):

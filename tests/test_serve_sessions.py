@@ -11,6 +11,7 @@ from cluster.client import InteractionClient
 from cluster.config import load_config
 from cluster.runtime import LocalCluster
 from foreground.serve.session_directory import SessionDirectory
+from protos.api_keys import bearer_metadata
 from protos.microturn.v1 import interaction_pb2 as pb, interaction_pb2_grpc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -152,12 +153,12 @@ def test_a_malformed_chunk_names_the_field_and_the_session_and_its_peers_go_on(c
 
 
 def test_the_first_message_must_be_open(cluster):
-    gateway = cluster[1].endpoints.gateway
+    gateway, key = cluster[1].endpoints.gateway, cluster[1].api_key
 
     async def main():
         async with grpc.aio.insecure_channel(gateway) as channel:
             call = interaction_pb2_grpc.InteractionStub(channel).Converse(
-                iter([pb.ClientMessage(text=pb.TextInput(text="hi"))]))
+                iter([pb.ClientMessage(text=pb.TextInput(text="hi"))]), metadata=bearer_metadata(key))
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 async for _ in call:
                     pass

@@ -34,6 +34,7 @@ import numpy as np
 from foreground.engine.percentiles import percentile
 from cluster.client import ClientSession, InteractionClient
 from cluster.config import MicroturnConfig
+from cluster.local_api_key import find_api_key
 from cluster.runtime import LocalCluster
 from protos.event_bus import EventBus
 from protos.microturn.v1 import events_pb2
@@ -141,7 +142,8 @@ async def run_load(config: MicroturnConfig, sessions: int, seconds: float, via: 
         tally = LoadTally()
         redis_url = cluster.endpoints.redis_url if cluster else config.redis.url
         bus = EventBus.from_url(redis_url) if redis_url else None
-        async with InteractionClient(gateway) as client:
+        api_key = cluster.api_key if cluster else find_api_key(config.auth.key_file)
+        async with InteractionClient(gateway, api_key) as client:
             # Every client cuts its chunks to arrive a little before the replica's tick
             # (`ClientSession.chunk_clock`), as the SDK does for a live microphone; how much
             # before differs per client (20-80 ms), as their networks would.

@@ -3,8 +3,9 @@ the replica that holds its slot.
 
 Errors: a bad first message or an unknown session fails the RPC (INVALID_ARGUMENT,
 NOT_FOUND, PERMISSION_DENIED; RESOURCE_EXHAUSTED with a `retry-after-ms` trailer when every
-slot is taken). A bad chunk later in the stream fails only that chunk: an `Error` message with
-code INVALID_ARGUMENT names the field, and the session and every other session go on.
+slot is taken; UNAVAILABLE when Redis is down and the session cannot be recorded). A bad
+chunk later in the stream fails only that chunk: an `Error` message with code
+INVALID_ARGUMENT names the field, and the session and every other session go on.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import grpc
 from foreground.engine.input_validation import InvalidInput
 from foreground.engine.session_slots import SessionsFull, UnknownSession
 from foreground.serve.live_session import LiveSession
-from foreground.serve.session_host import SessionHost, SessionNotFound, WrongToken
+from foreground.serve.session_host import BusUnavailable, SessionHost, SessionNotFound, WrongToken
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb, interaction_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class ReplicaInteractionService(interaction_pb2_grpc.InteractionServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0]))
         except WrongToken as e:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"open.token: {e}")
+        except BusUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
 
     async def _read(self, session: LiveSession, requests: AsyncIterator[pb.ClientMessage]) -> None:
         """Client messages into the engine until the client closes or goes away."""

@@ -8,6 +8,11 @@ turn on the event loop, which is busiest right around a tick boundary. So the ti
 calls `catch_up()` just before each tick: one non-blocking XREAD, so that what was published
 before the boundary is in that tick rather than the next one, 200 ms later. Both reads hand
 each entry over once: an entry at or below a session's last delivered id is skipped.
+
+The follower lives as long as the replica, whatever Redis does: a failed read (the client has
+already retried for seconds, `protos.redis_client`) is logged and retried with backoff, and
+the pre-tick catch-up stays out of the way until the blocking read works again. An event the
+host cannot take is logged and skipped, never the end of the loop.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from protos.event_bus import EventBus
 from protos.microturn.v1 import events_pb2
+from protos.redis_client import OutageBackoff
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,7 @@ class ResultFollower:
                  on_event: Callable[[str, str, events_pb2.Event], Awaitable[None]]) -> None:
         self.bus, self.live_sessions, self.on_event = bus, live_sessions, on_event
         self._last: dict[str, str] = {}
+        self.backoff = OutageBackoff("reading session events", logger=log)
 
     async def run(self) -> None:
         while True:
@@ -43,15 +50,16 @@ class ResultFollower:
                 continue
             try:
                 events = await self.bus.read(dict(self._last), block_ms=READ_BLOCK_MS)
-            except Exception:
-                log.exception("reading session events failed; retrying")
-                await asyncio.sleep(0.5)
+            except Exception as e:
+                await asyncio.sleep(self.backoff.failed(e))
                 continue
+            self.backoff.succeeded()
             await self._deliver(events)
 
     async def catch_up(self) -> None:
-        """Deliver whatever is already published, without waiting (before a tick)."""
-        if not self._follow_live():
+        """Deliver whatever is already published, without waiting (before a tick). Skipped
+        while the blocking read is failing: the tick would only spend its budget on it."""
+        if self.backoff.failures or not self._follow_live():
             return
         try:
             events = await self.bus.read(dict(self._last), block_ms=None)
@@ -70,4 +78,8 @@ class ResultFollower:
             if last is None or _entry_key(entry_id) <= _entry_key(last):
                 continue  # the session left, or the other read delivered it already
             self._last[session_id] = entry_id
-            await self.on_event(session_id, entry_id, event)
+            try:
+                await self.on_event(session_id, entry_id, event)
+            except Exception:  # e.g. the session closed meanwhile: skip this event, not the rest
+                log.exception("event %s (%s) for session %s could not be handed over; skipped",
+                              entry_id, event.event_id, session_id)

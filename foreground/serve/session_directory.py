@@ -4,6 +4,9 @@ A replica records a session when it admits it and forgets it when the session en
 look sessions up to relay a stream (or a resumed one) to the replica that holds its slot.
 Replicas also announce themselves (`mt:replica:<id>`, refreshed by a heartbeat) so operators
 and the gateway can see free slots.
+
+Every call goes through a client that retries through a short Redis outage
+(`protos.redis_client`); what still fails after that is the caller's to handle.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+
+from protos.redis_client import redis_from_url
 
 SESSION_TTL_S = 3600  # refreshed while the session lives
 REPLICA_TTL_S = 15
@@ -36,16 +41,20 @@ class SessionDirectory:
 
     @classmethod
     def from_url(cls, url: str) -> SessionDirectory:
-        return cls(aioredis.Redis.from_url(url, decode_responses=True))
+        return cls(redis_from_url(url, decode_responses=True))
 
     async def close(self) -> None:
         await self.redis.aclose()
 
     async def record(self, where: SessionLocation) -> None:
+        """One transaction, so that an outage between the two commands cannot leave an entry
+        without its expiry."""
         key = _session_key(where.session_id)
-        await self.redis.hset(key, mapping={"replica": where.replica_id, "address": where.address,
-                                            "token": where.token})
-        await self.redis.expire(key, SESSION_TTL_S)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"replica": where.replica_id, "address": where.address,
+                                    "token": where.token})
+            pipe.expire(key, SESSION_TTL_S)
+            await pipe.execute()
 
     async def lookup(self, session_id: str) -> SessionLocation | None:
         found = await self.redis.hgetall(_session_key(session_id))

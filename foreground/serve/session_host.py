@@ -4,12 +4,20 @@ Joins and leaves run on the tick thread between ticks (never during one); audio,
 video go straight into the engine's per-slot queues. Each tick's outputs become numbered
 server messages in each session's outbox. A sweeper closes idle sessions and frees the slots
 of sessions whose client went away and did not come back in time.
+
+Redis (the directory, the bus) may go away for a while; the sessions must not. Only the tick
+loop decides whether the replica is alive (`running`, what Serve's health check asks): the
+loops that talk to Redis (the heartbeat that announces the replica, the result follower) log
+a failure and back off, a session that ends during an outage is forgotten by the directory's
+expiry, an open that cannot be recorded gives its slot back and fails as UNAVAILABLE, and a
+delegation that cannot be queued reaches its client as an `Error`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from dataclasses import dataclass
@@ -21,10 +29,13 @@ from foreground.serve.live_session import LiveSession
 from foreground.serve.metrics import ForegroundMetrics, TickRecord
 from foreground.serve.session_directory import SessionDirectory, SessionLocation
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb
+from protos.redis_client import OutageBackoff
 
 log = logging.getLogger(__name__)
 
 METRICS_AFTER_S = 0.02
+SWEEP_EVERY_S = 1.0
+ANNOUNCE_EVERY_S = 1.0  # the replica's key lives REPLICA_TTL_S (15 s): a short outage keeps it
 WEAVE_BYTES = 64  # how much of a result the model reads (2 byte tokens per tick)
 FORWARDED = ("tool_call", "tool_result", "ui", "transcript", "error")  # Event bodies clients get
 
@@ -37,6 +48,11 @@ class SessionNotFound(KeyError):
 
 class WrongToken(PermissionError):
     pass
+
+
+class BusUnavailable(ConnectionError):
+    """Redis could not be reached (after the client's own retries) for something a request
+    cannot do without: the caller should retry later, or elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -61,15 +77,22 @@ class SessionHost:
 
     @property
     def running(self) -> bool:
-        return bool(self._tasks) and not any(task.done() for task in self._tasks)
+        """The tick loop is alive. The other loops survive a Redis outage by themselves, so
+        a blip never makes Serve replace the replica and drop its sessions."""
+        ticks = next((task for task in self._tasks if task.get_name() == "ticks"), None)
+        return ticks is not None and not ticks.done()
 
     async def start(self, follower=None) -> None:
         """Start ticking; `follower` (a ResultFollower) brings bus events in."""
         self._tasks = [asyncio.create_task(self.ticker.run(), name="ticks"),
                        asyncio.create_task(self._sweep(), name="sweeper")]
+        if self.directory:
+            self._tasks.append(asyncio.create_task(self._announce(), name="announcer"))
         if follower is not None:
             self.ticker.before_tick = follower.catch_up
             self._tasks.append(asyncio.create_task(follower.run(), name="follower"))
+        for task in self._tasks:
+            task.add_done_callback(_log_unexpected_end)
 
     async def stop(self) -> None:
         self.ticker.stop()
@@ -86,7 +109,7 @@ class SessionHost:
         """Admit a new session, or find the one being resumed. Returns (session, resumed)."""
         if request.session_id and request.session_id in self.sessions:
             session = self.sessions[request.session_id]
-            if session.token != request.token:
+            if not hmac.compare_digest(session.token.encode(), request.token.encode()):  # constant time
                 raise WrongToken("the token does not match this session")
             return session, True
         if request.session_id:
@@ -104,11 +127,34 @@ class SessionHost:
         if self.metrics:
             self.metrics.track(session.session_id)
         if self.directory:
-            await self.directory.record(SessionLocation(session.session_id, self.settings.replica_id,
-                                                        self.settings.address, session.token))
+            await self._record(session)
         log.info("session %s opened (%d/%d slots used)", session.session_id,
                  self.engine.live, self.engine.max_slots)
         return session, False
+
+    async def _record(self, session: LiveSession) -> None:
+        """Tell the directory where the new session lives. Without that entry no gateway can
+        find it, so if Redis stays unreachable the open is undone (its slot given back) and
+        fails with `BusUnavailable`, rather than holding a slot nobody can reach."""
+        try:
+            await self.directory.record(SessionLocation(session.session_id, self.settings.replica_id,
+                                                        self.settings.address, session.token))
+        except BaseException as e:  # Redis stayed down, or the opener gave up while we waited
+            log.warning("session %s: not recorded in the directory (%s: %s); the open is undone",
+                        session.session_id, type(e).__name__, e)
+            if not session.closed:
+                session.closed = True
+                await asyncio.shield(self._undo_open(session))
+            if isinstance(e, Exception):
+                raise BusUnavailable(f"the session directory (Redis) is unreachable: {e}; "
+                                     "the session was not opened, retry in a few seconds") from e
+            raise
+
+    async def _undo_open(self, session: LiveSession) -> None:
+        await self.ticker.between_ticks(self.engine.leave, session.session_id)
+        self.sessions.pop(session.session_id, None)
+        if self.metrics:
+            self.metrics.forget(session.session_id)
 
     def _join(self, session: LiveSession, request: pb.SessionOpen) -> None:
         self.engine.join(session.session_id, input_rate=request.input_sample_rate or None,
@@ -137,7 +183,10 @@ class SessionHost:
             self.metrics.forget(session.session_id)
         session.emit(closed=pb.SessionClosed(reason=reason, ticks=record.ticks, late_chunks=record.late_chunks))
         if self.directory:
-            await self.directory.forget(session.session_id)
+            try:
+                await self.directory.forget(session.session_id)
+            except Exception as e:  # the entry expires by itself (SESSION_TTL_S)
+                log.warning("session %s: could not remove it from the directory: %s", session.session_id, e)
         log.info("session %s closed: %s", session.session_id, reason)
 
     def request_tool(self, session: LiveSession, tool: str, arguments_json: str) -> str:
@@ -147,6 +196,18 @@ class SessionHost:
             self.metrics.on_client_delegation()
         session.emit(turn=pb.TurnEvent(kind=pb.TurnEvent.DELEGATED, cause="client", epoch=job.epoch))
         return job.job_id
+
+    def delegation_failed(self, job: events_pb2.Job, error: BaseException) -> None:
+        """A job could not be queued (Redis unreachable, retries spent; `RedisJobSink` calls
+        this): its client saw DELEGATED and would otherwise wait for a result that never comes."""
+        session = self.sessions.get(job.session_id)
+        if session is None or session.closed:
+            return
+        what = f"tool {job.requested_tool.tool!r}" if job.requested_tool.tool else "the delegation"
+        session.emit(error=events_pb2.Error(
+            code="UNAVAILABLE", field="job",
+            message=f"background job {job.job_id} ({what}) could not be queued: the event bus (Redis) "
+                    f"is unreachable ({type(error).__name__}: {error}); no result will come, ask again"))
 
     async def on_event(self, session_id: str, entry_id: str, event: events_pb2.Event) -> None:
         """A bus event for one of our sessions: forward it to the client, and weave results
@@ -213,15 +274,41 @@ class SessionHost:
         if self.metrics:
             self.metrics.on_refused(reason)
 
-    async def _sweep(self, every_s: float = 1.0) -> None:
+    async def _sweep(self) -> None:
+        """Close idle sessions and those whose client did not come back in time, every second.
+        Closes run side by side: one that waits on an unreachable directory delays no other."""
+        backoff = OutageBackoff("sweeping sessions", logger=log)
         while True:
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(SWEEP_EVERY_S + backoff.delay_s)
             now = time.monotonic()
+            closing = []
             for session in list(self.sessions.values()):
                 if session.detached_at is not None and now - session.detached_at > self.settings.resume_grace_s:
-                    await self.close(session, "the client did not come back")
+                    closing.append(self.close(session, "the client did not come back"))
                 elif session.detached_at is None and now - session.last_client_activity > self.settings.idle_timeout_s:
-                    await self.close(session, "idle")
-            if self.directory:
+                    closing.append(self.close(session, "idle"))
+            results = await asyncio.gather(*closing, return_exceptions=True)
+            failed = next((r for r in results if isinstance(r, Exception)), None)
+            if failed is not None:
+                backoff.failed(failed)
+            else:
+                backoff.succeeded()
+
+    async def _announce(self) -> None:
+        """The replica's heartbeat in the directory (address, live and free slots)."""
+        backoff = OutageBackoff(f"announcing replica {self.settings.replica_id}", logger=log)
+        while True:
+            await asyncio.sleep(ANNOUNCE_EVERY_S + backoff.delay_s)
+            try:
                 await self.directory.announce_replica(self.settings.replica_id, self.settings.address,
                                                       self.engine.live, self.engine.max_slots)
+            except Exception as e:
+                backoff.failed(e)
+            else:
+                backoff.succeeded()
+
+
+def _log_unexpected_end(task: asyncio.Task) -> None:
+    """A replica loop should end only when stopped; say so loudly if one ends otherwise."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("replica loop %r ended", task.get_name(), exc_info=task.exception())

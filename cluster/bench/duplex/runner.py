@@ -43,6 +43,7 @@ from cluster.bench.duplex.stages import (
 from cluster.client import InteractionClient
 from cluster.config import MicroturnConfig
 from cluster.conversation import ConversationRecording, measure, stream_script
+from cluster.local_api_key import find_api_key
 from cluster.runtime import LocalCluster
 from foreground.engine.turn_policy import resolve_policy
 from foreground.model.checkpoint import ensure_seeded_checkpoint, head_calibrated
@@ -107,7 +108,8 @@ async def run_duplex(config: MicroturnConfig, scenarios: int = 40, seed: int = 0
         async with _gateway(config, address) as gateway:
             log.info("streaming %d scenarios through %s, %d at a time, policy %s", len(rendered), gateway,
                      concurrency, policy)
-            recordings = await _stream_all(gateway, rendered, policy, concurrency)
+            recordings = await _stream_all(gateway, rendered, policy, concurrency,
+                                           find_api_key(config.auth.key_file))
     finally:
         quiet.setLevel(level)
     results = [_result(item, rec, err, speech_source, run_dir) for item, (rec, err) in zip(rendered, recordings)]
@@ -156,8 +158,8 @@ def _resolved(policy: str, config: MicroturnConfig, address: str | None) -> str:
     return resolve_policy(fg.turn_policy, head_calibrated(folder))
 
 
-async def _stream_all(gateway: str, rendered: list[RenderedScenario], policy: str,
-                      concurrency: int) -> list[tuple[ConversationRecording | None, str | None]]:
+async def _stream_all(gateway: str, rendered: list[RenderedScenario], policy: str, concurrency: int,
+                      api_key: str | None) -> list[tuple[ConversationRecording | None, str | None]]:
     gate = asyncio.Semaphore(max(1, concurrency))
     done = 0
 
@@ -176,7 +178,7 @@ async def _stream_all(gateway: str, rendered: list[RenderedScenario], policy: st
             log.info("[%d/%d] %s streamed", done, len(rendered), item.scenario.name)
             return outcome
 
-    async with InteractionClient(gateway) as client:
+    async with InteractionClient(gateway, api_key) as client:
         return await asyncio.gather(*(one(client, item) for item in rendered))
 
 
