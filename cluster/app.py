@@ -26,6 +26,7 @@ def replica_settings(config: MicroturnConfig, redis_url: str | None,
         backchannel_max_ms=fg.backchannel_max_ms, weave_max_wait_ms=fg.weave_max_wait_ms,
         invariant_kernels=fg.kernels == "invariant", tick_ms=fg.tick_ms, redis_url=redis_url,
         threads=fg.threads, idle_timeout_s=fg.idle_timeout_s, resume_grace_s=fg.resume_grace_s,
+        limits=config.limits.model_dump(),
         bind_host=fg.bind_host, gateway_node_ip=gateway_node_ip,
         api_key_hashes=config.auth.api_key_hashes, auth_disabled=config.auth.disabled,
     )

@@ -101,6 +101,17 @@ class ForegroundConfig(Section):
     placement_group_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "STRICT_PACK"
 
 
+class LimitsConfig(Section):
+    """Per-session bounds (foreground/serve/session_limits.py); a request past one fails alone
+    with RESOURCE_EXHAUSTED naming `limits.<key>`."""
+
+    text_queue_bytes: int = Field(16_384, gt=0, description="text waiting to enter the model, per session")
+    tool_requests_per_minute: int = Field(20, gt=0, description="client tool requests per session per minute")
+    replay_bytes: int = Field(2 << 20, ge=65_536, description=(
+        "server messages kept per session for a resume (cover foreground.resume_grace_s: 48 kB/s of audio)"))
+    open_deadline_s: float = Field(10.0, gt=0, description="a stream's opening message must come within this")
+
+
 class BackgroundConfig(Section):
     """The background pool: reasoner, tools, and scaling on the `mt:jobs` backlog."""
 
@@ -196,6 +207,7 @@ class MicroturnConfig(BaseSettings):
     foreground: ForegroundConfig = Field(default_factory=ForegroundConfig)
     background: BackgroundConfig = Field(default_factory=BackgroundConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod

@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import ray
@@ -41,6 +41,7 @@ from foreground.serve.metrics import ForegroundMetrics
 from foreground.serve.result_follower import ResultFollower
 from foreground.serve.session_directory import SessionDirectory
 from foreground.serve.session_host import HostSettings, SessionHost
+from foreground.serve.session_limits import SessionLimits
 from protos.api_keys import ApiKeyInterceptor, ApiKeys
 from protos.event_bus import EventBus
 from protos.job_stream import JobStream
@@ -72,6 +73,7 @@ class ReplicaSettings:
     threads: int = 0  # torch intra-op threads; 0: one per CPU the replica was given
     idle_timeout_s: float = 30.0
     resume_grace_s: float = 15.0
+    limits: dict = field(default_factory=dict)  # SessionLimits' fields (`limits:` in the config)
     drain_grace_s: float = 2.0
     bind_host: str | None = None  # unset: see `session_bind_host`
     gateway_node_ip: str | None = None  # `microturn up`'s gateway runs on this node
@@ -100,7 +102,9 @@ class ForegroundReplica:
                                 weave_max_wait_ms=settings.weave_max_wait_ms)
         log.info("turn policy %s (configured: %s; turn head %s)", turn.policy, settings.turn_policy,
                  "trained" if calibrated else "seeded")
+        limits = SessionLimits(**settings.limits)
         engine = TickScheduler(family, settings.max_sessions, turn, jobs=jobs,
+                               text_queue_bytes=limits.text_queue_bytes,
                                invariant_kernels=settings.invariant_kernels)
         keys = ApiKeys(settings.api_key_hashes, required=not settings.auth_disabled)
         self.server = grpc.aio.server(interceptors=[ApiKeyInterceptor(keys)])
@@ -112,7 +116,8 @@ class ForegroundReplica:
         self.directory = SessionDirectory.from_url(settings.redis_url) if settings.redis_url else None
         self.host = SessionHost(engine, HostSettings(
             replica_id=self.replica_id, address=self.address, tick_ms=family.shape.tick_ms,
-            idle_timeout_s=settings.idle_timeout_s, resume_grace_s=settings.resume_grace_s), self.directory,
+            idle_timeout_s=settings.idle_timeout_s, resume_grace_s=settings.resume_grace_s,
+            limits=limits), self.directory,
             ForegroundMetrics(self.replica_id, family.shape.tick_ms))
         if jobs is not None:  # a job Redis would not take reaches its client as an error
             jobs.on_lost = self.host.delegation_failed

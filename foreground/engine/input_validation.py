@@ -12,9 +12,21 @@ MAX_TEXT_BYTES = 4096
 
 
 class InvalidInput(ValueError):
+    code = "INVALID_ARGUMENT"  # the gRPC status name a client gets in its `Error`
+
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class LimitExceeded(InvalidInput):
+    """A request past a per-session bound: RESOURCE_EXHAUSTED, naming the limit's config key."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, field: str, limit: str, message: str) -> None:
+        super().__init__(field, f"{message} (limit `limits.{limit}`)")
+        self.limit = limit
 
 
 def check_sample_rate(rate: int, field: str = "audio.sample_rate") -> int:

@@ -21,6 +21,7 @@ from foreground.engine.chunk_queue import ChunkQueue
 from foreground.engine.delegation import CollectingJobSink, JobSink, make_job
 from foreground.engine.input_validation import (
     InvalidInput,
+    LimitExceeded,
     check_audio_chunk,
     check_sample_rate,
     check_text,
@@ -83,7 +84,8 @@ class _AudioBuffers:
 class TickScheduler:
     def __init__(self, family: ModelFamily, max_slots: int, turn: TurnPolicyConfig,
                  jobs: JobSink | None = None, default_input_rate: int = 16_000,
-                 invariant_kernels: bool = True) -> None:
+                 invariant_kernels: bool = True, text_queue_bytes: int = 16_384) -> None:
+        self.text_queue_bytes = text_queue_bytes  # per session: text and results waiting to enter
         # Batch invariance is the default: a session's outputs do not depend on its batch.
         use_invariant_kernels(invariant_kernels)
         self.family, self.shape = family, family.shape
@@ -176,6 +178,7 @@ class TickScheduler:
         tokens = self.family.encode_text(text)
         record = self.slots.get(session_id)
         with self.slots.lock:
+            self._check_text_room(record.state, len(text.encode("utf-8")))
             record.state.text_in.extend(tokens)
             record.state.conversation.append(("user", text, self.tick_count))
 
@@ -188,6 +191,13 @@ class TickScheduler:
             state = self.slots.get(session_id).state
             state.results_in.append(PendingResult(tokens, result, urgent, self.tick_count))
             state.conversation.append(("tool", text, self.tick_count))
+
+    def _check_text_room(self, state: SessionState, adding: int) -> None:
+        """Text enters a few tokens a tick: a client that sends more than it can take is told."""
+        waiting = len(state.text_in) + sum(len(p.tokens) for p in state.results_in)
+        if waiting + adding > self.text_queue_bytes:
+            raise LimitExceeded("text.text", "text_queue_bytes",
+                                f"{waiting} tokens are still waiting to enter the model")
 
     def submit_video(self, session_id: str, jpeg: bytes | None = None, raw_rgb: bytes | None = None,
                      width: int = 0, height: int = 0) -> None:

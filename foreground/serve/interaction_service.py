@@ -3,9 +3,11 @@ the replica that holds its slot.
 
 Errors: a bad first message or an unknown session fails the RPC (INVALID_ARGUMENT,
 NOT_FOUND, PERMISSION_DENIED; RESOURCE_EXHAUSTED with a `retry-after-ms` trailer when every
-slot is taken; UNAVAILABLE when Redis is down and the session cannot be recorded). A bad
+slot is taken; UNAVAILABLE when Redis is down and the session cannot be recorded;
+DEADLINE_EXCEEDED when no opening message comes within `limits.open_deadline_s`). A bad
 chunk later in the stream fails only that chunk: an `Error` message with code
-INVALID_ARGUMENT names the field, and the session and every other session go on.
+INVALID_ARGUMENT names the field (RESOURCE_EXHAUSTED names the limit a request went past),
+and the session and every other session go on.
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ class ReplicaInteractionService(interaction_pb2_grpc.InteractionServicer):
 
     async def Converse(self, requests: AsyncIterator[pb.ClientMessage],
                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ServerMessage]:
-        first = await anext(aiter(requests), None)
+        deadline = self.host.settings.limits.open_deadline_s
+        try:
+            first = await asyncio.wait_for(anext(aiter(requests), None), timeout=deadline)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"open: no opening message within {deadline:g} s (limit `limits.open_deadline_s`)")
         if first is None or first.WhichOneof("payload") != "open":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "open: the first message must be `open`")
         session, resumed = await self._open(first.open, context)
@@ -81,8 +88,8 @@ class ReplicaInteractionService(interaction_pb2_grpc.InteractionServicer):
                     return
                 try:
                     self._take(session, kind, message)
-                except InvalidInput as e:
-                    session.emit(error=events_pb2.Error(code="INVALID_ARGUMENT", message=str(e), field=e.field))
+                except InvalidInput as e:  # LimitExceeded too: RESOURCE_EXHAUSTED, naming the limit
+                    session.emit(error=events_pb2.Error(code=e.code, message=str(e), field=e.field))
                 except UnknownSession:
                     return  # closed meanwhile
         except grpc.aio.AioRpcError:

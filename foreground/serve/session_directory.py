@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from protos.event_bus import events_stream
 from protos.redis_client import redis_from_url
 
 SESSION_TTL_S = 3600  # refreshed while the session lives
+EVENTS_KEPT_AFTER_CLOSE_S = 3600  # a closed session's event stream: long enough to read the rest
 REPLICA_TTL_S = 15
 
 
@@ -62,8 +64,22 @@ class SessionDirectory:
             return None
         return SessionLocation(session_id, found["replica"], found["address"], found["token"])
 
+    async def refresh(self, session_ids: list[str]) -> None:
+        """Live sessions' entries get their full TTL again (the replica's heartbeat calls this)."""
+        if not session_ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                pipe.expire(_session_key(session_id), SESSION_TTL_S)
+            await pipe.execute()
+
     async def forget(self, session_id: str) -> None:
-        await self.redis.delete(_session_key(session_id))
+        """The session is over: its entry goes, and its event stream expires an hour later (a
+        subscriber reads what is left; nothing stays in Redis for good)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_session_key(session_id))
+            pipe.expire(events_stream(session_id), EVENTS_KEPT_AFTER_CLOSE_S)
+            await pipe.execute()
 
     async def announce_replica(self, replica_id: str, address: str, live: int, max_sessions: int) -> None:
         info = {"address": address, "live": live, "max_sessions": max_sessions, "at": time.time()}

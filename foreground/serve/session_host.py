@@ -20,12 +20,13 @@ import contextlib
 import hmac
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_loop import TickLoop
 from foreground.engine.tick_scheduler import SessionOutput, TickScheduler, WovenResult
 from foreground.serve.live_session import LiveSession
+from foreground.serve.session_limits import SessionLimits
 from foreground.serve.metrics import ForegroundMetrics, TickRecord
 from foreground.serve.session_directory import SessionDirectory, SessionLocation
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb
@@ -63,6 +64,7 @@ class HostSettings:
     idle_timeout_s: float = 30.0  # a stream with no client message for this long is closed
     resume_grace_s: float = 15.0  # a session without a stream keeps its slot this long
     go_away_retry_ms: int = 1000
+    limits: SessionLimits = field(default_factory=SessionLimits)
 
 
 class SessionHost:
@@ -117,7 +119,9 @@ class SessionHost:
         if self.draining:
             self._refused("draining")
             raise SessionsFull("this replica is draining")
-        session = LiveSession()
+        limits = self.settings.limits
+        session = LiveSession(replay_bytes=limits.replay_bytes,
+                              tool_requests_per_minute=limits.tool_requests_per_minute)
         try:
             await self.ticker.between_ticks(self._join, session, request)
         except SessionsFull:
@@ -190,7 +194,9 @@ class SessionHost:
         log.info("session %s closed: %s", session.session_id, reason)
 
     def request_tool(self, session: LiveSession, tool: str, arguments_json: str) -> str:
-        """A client asked for a tool by name: hand the job to the background pool."""
+        """A client asked for a tool by name: hand the job to the background pool (at most
+        `limits.tool_requests_per_minute` of them: each is background work and a result)."""
+        session.tool_requests.take("tool_request", "tool_requests_per_minute")
         job = self.engine.request_tool(session.session_id, tool, arguments_json)
         if self.metrics:
             self.metrics.on_client_delegation()
@@ -295,13 +301,15 @@ class SessionHost:
                 backoff.succeeded()
 
     async def _announce(self) -> None:
-        """The replica's heartbeat in the directory (address, live and free slots)."""
+        """The replica's heartbeat in the directory (address, live and free slots), which also
+        keeps its sessions' entries alive (a session may last longer than their TTL)."""
         backoff = OutageBackoff(f"announcing replica {self.settings.replica_id}", logger=log)
         while True:
             await asyncio.sleep(ANNOUNCE_EVERY_S + backoff.delay_s)
             try:
                 await self.directory.announce_replica(self.settings.replica_id, self.settings.address,
                                                       self.engine.live, self.engine.max_slots)
+                await self.directory.refresh([s.session_id for s in self.sessions.values() if not s.closed])
             except Exception as e:
                 backoff.failed(e)
             else:
