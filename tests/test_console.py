@@ -93,7 +93,8 @@ def test_the_console_streams_the_microphone_and_draws_the_timeline(ray_cluster, 
                 counters = page.evaluate("window.microturnConsole.counters")
                 assert counters.get("audio sent (100 ms)", 0) >= 10
                 assert counters.get("response.output_audio.delta", 0) >= 1
-                assert not page.locator("#timeline li.error").count(), page.locator("#timeline li.error").all_inner_texts()
+                errors = page.locator("#timeline li.error")
+                assert not errors.count(), errors.all_inner_texts()
                 print(f"console: model audio {time.monotonic() - started:.1f} s after the page opened; "
                       f"counters {counters}")
             finally:

@@ -105,13 +105,17 @@ def test_the_openai_sdk_holds_a_conversation_through_the_realtime_websocket(ray_
                             break
                 finally:
                     feeder.cancel()
+            deadline = time.monotonic() + 5  # the client left: its session is closed, not kept for a resume
+            while (live := (await cluster.foreground.describe.remote())["live"]) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            seen["live_after_close"] = live
             seen["session"] = seen["types"][:2]
             return seen
 
     started = time.monotonic()
     seen = asyncio.run(scenario())
     print(f"realtime scenario: {time.monotonic() - started:.1f} s, {len(seen['types'])} events, "
-          f"{seen['audio_deltas']} audio deltas, responses {seen['done']}")
+          f"{seen['audio_deltas']} audio deltas, responses {seen['done']}\n{seen['types']}")
     types = seen["types"]
     assert seen["session"] == ["session.created", "session.updated"]
     assert "input_audio_buffer.speech_started" in types and "input_audio_buffer.speech_stopped" in types
@@ -119,6 +123,7 @@ def test_the_openai_sdk_holds_a_conversation_through_the_realtime_websocket(ray_
     assert "input_audio_buffer.committed" in types
     assert seen["audio_deltas"] >= 4
     assert ("cancelled", "turn_detected") in seen["done"]  # the barge-in ended the response
+    assert seen["live_after_close"] == 0
     assert ("bad_1", "audio") in seen["errors"]  # the malformed event, named; the session went on after it
     [(call_id, output)] = seen["tool_outputs"]
     assert call_id == "call_search" and "results" in json.loads(output)

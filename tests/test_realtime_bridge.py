@@ -140,6 +140,9 @@ def test_bad_events_get_an_error_naming_the_field_and_the_session_goes_on():
                        item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]})
         assert h.types() == ["conversation.item.added", "conversation.item.done"]
         assert ("text", "hi") in h.upstream.sent
+        h.take()
+        await h.client(type="conversation.item.truncate", item_id="item_1", content_index=0, audio_end_ms=1200)
+        assert [(e["type"], e.get("audio_end_ms")) for e in h.take()] == [("conversation.item.truncated", 1200)]
         await h.close()
 
     run(scenario())
@@ -258,7 +261,8 @@ def test_tools_microturn_ones_as_items_the_clients_own_as_function_calls():
                        pb.ServerMessage(tool_result=events_pb2.ToolResult(job_id="j2", call_id="j2:0", tool="clock",
                                                                           error="boom")))
         items = [e["item"] for e in h.take() if e["type"] == "conversation.item.added"]
-        assert [(i["type"], i["call_id"]) for i in items] == [("function_call", "j2:0"), ("function_call_output", "j2:0")]
+        assert [(i["type"], i["call_id"]) for i in items] == [("function_call", "j2:0"),
+                                                              ("function_call_output", "j2:0")]
         assert json.loads(items[1]["output"]) == {"error": "boom"}
 
         # a call of the client's own function: the spec's function call, its output goes back on the bus
@@ -271,7 +275,8 @@ def test_tools_microturn_ones_as_items_the_clients_own_as_function_calls():
             "response.created", "response.output_item.added", "response.function_call_arguments.delta",
             "response.function_call_arguments.done", "response.output_item.done", "response.done"]
         args_done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
-        assert (args_done["name"], args_done["call_id"], args_done["arguments"]) == ("lookup_order", "j3:0", '{"id": 7}')
+        assert (args_done["name"], args_done["call_id"]) == ("lookup_order", "j3:0")
+        assert args_done["arguments"] == '{"id": 7}'
         await h.client(type="conversation.item.create",
                        item={"type": "function_call_output", "call_id": "j3:0", "output": '{"status": "shipped"}'})
         [event] = h.published
@@ -367,3 +372,14 @@ def test_the_server_refuses_a_wrong_key_before_the_upgrade_and_serves_the_consol
             await server.stop()
 
     run(scenario())
+
+
+def test_the_realtime_port_follows_the_grpc_port_unless_set(monkeypatch):
+    from cluster.config import load_config
+
+    serve = load_config().serve
+    assert serve.realtime and serve.realtime_port_for(50151) == 50152 and serve.realtime_port_for(0) == 0
+    monkeypatch.setenv("MICROTURN_SERVE_REALTIME_PORT", "8080")
+    assert load_config().serve.realtime_port_for(50151) == 8080
+    monkeypatch.setenv("MICROTURN_SERVE_REALTIME", "false")
+    assert not load_config().serve.realtime

@@ -55,7 +55,6 @@ import grpc
 
 from cluster.realtime.audio import PCM_RATE, AudioDecoder, AudioEncoder, BufferFull, InputBuffer
 from cluster.realtime.protocol import (
-    ClientEvent,
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,
@@ -78,6 +77,7 @@ log = logging.getLogger(__name__)
 
 OPEN_AFTER_S = 1.0  # a client that sends nothing still gets a live session (the model may speak)
 RESPONSE_WAIT_S = 5.0
+CLOSE_WAIT_S = 2.0  # for the replica's `closed` after the client left
 MAX_TEXT_BYTES = 4096  # foreground.engine.input_validation.MAX_TEXT_BYTES
 JPEG_PREFIX = "data:image/jpeg;base64,"
 CATCH_UP_TICKS = 4  # the pacer sends missed chunks up to this many at once, else restarts its clock
@@ -140,14 +140,19 @@ class RealtimeBridge:
             reader.result()  # raises what the reader raised
             return BridgeClosed("client closed")
         finally:
+            for task in (reader, opener):
+                task.cancel()
+            if self.upstream is not None and not self._closed.done():
+                # The client left: close the session now (its slot is free at once) and let the
+                # pump read the replica's `closed`, rather than leave it waiting for a resume.
+                with contextlib.suppress(Exception):
+                    await self.upstream.close("realtime client left")
+                    await asyncio.wait(self._tasks[:1], timeout=CLOSE_WAIT_S)
             for task in (reader, opener, *self._tasks):
                 task.cancel()
             for task in (reader, opener, *self._tasks):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            if self.upstream is not None:
-                with contextlib.suppress(Exception):
-                    await self.upstream.close("realtime client left")
             with contextlib.suppress(Exception):
                 await self._stack.aclose()
 
@@ -186,6 +191,8 @@ class RealtimeBridge:
         async with self._open_lock:
             if self.upstream is not None:
                 return
+            if self._closed.done():
+                raise self._closed.result()
             fields = {"input_sample_rate": PCM_RATE, "instructions": self.session.instructions,
                       "voice": self.session.voice}
             if self.session.turn_policy:
@@ -366,6 +373,10 @@ class RealtimeBridge:
                                     "event_bus_unavailable", "server_error") from None
         return function_call_output_item("", item.call_id, item.output)
 
+    async def _on_conversation_item_truncate(self, event) -> None:
+        await self.emit("conversation.item.truncated", item_id=event.item_id, content_index=event.content_index,
+                        audio_end_ms=event.audio_end_ms)
+
     async def _on_response_create(self, event) -> None:
         if self.response is not None:
             raise ProtocolError("a response is in progress; cancel it first or wait for response.done", None,
@@ -417,6 +428,9 @@ class RealtimeBridge:
             self._end(f"the microturn stream failed: {e.code().name}", 1011)
         except asyncio.CancelledError:
             raise
+        except (ConnectionError, TimeoutError, RuntimeError) as e:  # the SDK could not reopen the stream
+            await self.send(error_event(ProtocolError(f"microturn: {e}", None, "session_lost", "server_error"), None))
+            self._end(f"the microturn session was lost: {type(e).__name__}", 1011)
         except Exception as e:
             log.exception("realtime %s: bridging a server message failed", self.session.id)
             self._end(f"internal error: {type(e).__name__}", 1011)
@@ -570,7 +584,10 @@ class RealtimeBridge:
                 await asyncio.sleep(delay)
             elif delay < -CATCH_UP_TICKS * period:  # stalled for long: do not burst, start again
                 t0 = time.monotonic() - seq * period
-            await upstream.send_audio(self.buffer.take(), seq=seq, sample_rate=PCM_RATE)
+            try:
+                await upstream.send_audio(self.buffer.take(), seq=seq, sample_rate=PCM_RATE)
+            except Exception:  # noqa: BLE001 - the session failed: the pump says why and ends it
+                return
 
 
 def _json(text: str) -> Any:

@@ -145,6 +145,15 @@ class ConversationItemCreate(ClientEvent):
     item: dict[str, Any]  # checked by `parse_item`, so that errors name `item.<field>`
 
 
+class ConversationItemTruncate(ClientEvent):
+    """Acknowledged (`conversation.item.truncated`) so that clients that truncate on a barge-in
+    run unchanged; what the model heard itself say is not rewritten."""
+
+    item_id: str
+    content_index: int = 0
+    audio_end_ms: int = Field(ge=0)
+
+
 class ResponseCreate(ClientEvent):
     response: dict[str, Any] | None = None
 
@@ -159,6 +168,7 @@ CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
     "input_audio_buffer.commit": InputAudioBufferCommit,
     "input_audio_buffer.clear": InputAudioBufferClear,
     "conversation.item.create": ConversationItemCreate,
+    "conversation.item.truncate": ConversationItemTruncate,
     "response.create": ResponseCreate,
     "response.cancel": ResponseCancel,
 }

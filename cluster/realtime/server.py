@@ -109,7 +109,8 @@ class RealtimeServer:
 
         async def send(event: dict) -> None:
             if not ws.closed:
-                await ws.send_json(event)
+                with contextlib.suppress(ConnectionResetError):  # the client is gone: nobody to tell
+                    await ws.send_json(event)
 
         try:
             bridge = RealtimeBridge(send, client.session, self._publish if self.bus else None,
