@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("--tail-s", type=float, default=3.0, help="seconds of silence after the WAV")
     talk.add_argument("--policy", choices=["model", "vad", "hybrid"], help="turn policy (default: the server's)")
 
-    bench = commands.add_parser("bench", help="benchmarks: tick | load | duplex | compare | parity | moshi-ref")
+    bench = commands.add_parser("bench", help="benchmarks: tick | load | soak | duplex | compare | parity | moshi-ref")
     kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
     tick = kinds.add_parser("tick", help="sessions per foreground replica in real time")
     tick.add_argument("--sessions", type=int, default=64)
@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--via", choices=["direct", "gateway"], default="direct",
                       help="stream straight to the replica (default) or through the gateway")
     load.add_argument("--address", help="a running cluster's gateway (default: start one)")
+    soak = kinds.add_parser("soak", help="N sessions for M minutes with churn, text, video and tools: errors, "
+                                         "late chunks and every process's RSS growth")
+    soak.add_argument("--sessions", type=int, default=32, help="sessions live at once")
+    soak.add_argument("--minutes", type=float, default=10.0)
+    soak.add_argument("--via", choices=["mixed", "direct", "gateway"], default="mixed",
+                      help="stream straight to the replica, through the gateway, or half each (default)")
+    soak.add_argument("--warmup-s", type=float, help="RSS baseline after this long (default: 20%% of the run, "
+                                                     "at most 60 s)")
+    soak.add_argument("--address", help="a running cluster's gateway (default: start one)")
     duplex = kinds.add_parser("duplex", help="Full-Duplex-Bench-style turn-taking on synthesised dialogues")
     duplex.add_argument("--scenarios", type=int, default=40,
                         help="dialogues: pause, question, interruption, statement, backchannel in turn (40: 8 each)")
@@ -192,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                 update={"max_sessions": args.sessions})})
         result = asyncio.run(run_load(config, args.sessions, args.seconds, args.via, args.address))
         return _report(result, args.json)
+    if args.command == "bench" and args.kind == "soak":
+        return _soak(args, config)
     if args.command == "bench" and args.kind == "duplex":
         return _duplex(args, config)
     if args.command == "bench" and args.kind == "compare":
@@ -235,6 +246,19 @@ def _talk(args: argparse.Namespace, config) -> int:
         return 1
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _soak(args: argparse.Namespace, config) -> int:
+    from cluster.bench.soak import run_soak
+
+    if args.sessions < 1 or args.minutes <= 0 or (args.warmup_s is not None and args.warmup_s < 0):
+        print("--sessions must be at least 1, --minutes more than 0, --warmup-s 0 or more", file=sys.stderr)
+        return 2
+    if not args.address and config.foreground.max_sessions < args.sessions:
+        config = config.model_copy(update={"foreground": config.foreground.model_copy(
+            update={"max_sessions": args.sessions})})
+    result = asyncio.run(run_soak(config, args.sessions, args.minutes, args.via, args.address, args.warmup_s))
+    return _report(result, args.json)
 
 
 def _duplex(args: argparse.Namespace, config) -> int:

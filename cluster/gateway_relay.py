@@ -5,6 +5,16 @@ slot (a full one declines and the next attempt goes elsewhere). `Converse` relay
 the replica that holds its session: a new session is opened first; a resumed one is looked up
 in the session directory (Redis), so any gateway can carry any session. The client's API key
 (already checked here) goes on with the stream: the replica checks it too.
+
+A replica's death does not end its sessions (`foreground.serve.session_journal`). When the
+replica under a relayed stream goes away, the gateway ends the client's stream with UNAVAILABLE
+(the SDK reopens it: `cluster.client`), and remembers that address as failed. A resume (an
+open with `session_id`) is then not sent to the replica the directory names unless that
+replica is alive (its heartbeat key `mt:replica:<id>` has not expired and no stream to it has
+failed here in the last REPLICA_TTL_S): otherwise it becomes a routed open, avoiding the dead
+replica, and the replica it lands on restores the session from its journal, records itself in
+the directory, and the stream is relayed there. `OpenSession` with a `session_id` does the same
+and answers with the replica to stream to (the SDK's `direct` mode reopens that way).
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from cluster.gateway_metrics import gateway_metrics
-from foreground.serve.session_directory import SessionDirectory
+from foreground.serve.session_directory import REPLICA_TTL_S, SessionDirectory, SessionLocation
 from protos.api_keys import AUTHORIZATION
 from protos.microturn.v1 import interaction_pb2 as pb, interaction_pb2_grpc
 
@@ -33,6 +43,7 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
         self.foreground = foreground  # the foreground app's DeploymentHandle
         self.directory = directory
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._failed: dict[str, float] = {}  # replica address -> when a stream to it failed (monotonic)
         self.metrics = gateway_metrics()
 
     async def close(self) -> None:
@@ -40,6 +51,11 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
             await channel.close()
 
     async def OpenSession(self, request: pb.SessionOpen, context) -> pb.SessionOpened:
+        if request.session_id:
+            where = await self._live_location(request, context)
+            if where is not None:
+                return await self._owner_open(request, where.address, context)
+            return await self._restore(request, context)
         return await self._route_open(request, context)
 
     async def Converse(self, requests: AsyncIterator[pb.ClientMessage], context) -> AsyncIterator[pb.ServerMessage]:
@@ -49,37 +65,83 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
         opening = pb.SessionOpen()
         opening.CopyFrom(first.open)
         if opening.session_id:
-            where = await self.directory.lookup(opening.session_id)
-            if where is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"session {opening.session_id!r} is not live")
-            if not where.token_matches(opening.token):
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "open.token: does not match the session")
-            address = where.address
+            where = await self._live_location(opening, context)
+            address = where.address if where is not None else (await self._restore(opening, context)).replica
         else:
             opened = await self._route_open(opening, context)
             opening.session_id, opening.token, address = opened.session_id, opened.token, opened.replica
         stub = interaction_pb2_grpc.InteractionStub(self._channel(address))
-        key = [(k, v) for k, v in context.invocation_metadata() or () if k == AUTHORIZATION]
-        call = stub.Converse(_forward(pb.ClientMessage(open=opening), requests), metadata=key)
+        call = stub.Converse(_forward(pb.ClientMessage(open=opening), requests), metadata=_key(context))
         self.metrics.relayed_streams.inc()
         try:
             async for message in call:
                 yield message
         except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:  # the replica went away (or never answered)
+                self._failed[address] = time.monotonic()
+                log.warning("session %s: the stream to replica %s failed (%s); the client reopens it elsewhere",
+                            opening.session_id, address, e.details())
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"the replica holding session {opening.session_id} is unreachable "
+                                    f"({e.details()}); reopen it with session_id, token and resume_after_seq")
             if e.code() != grpc.StatusCode.CANCELLED:
                 await context.abort(e.code(), e.details() or "replica stream failed")
         finally:
             self.metrics.relayed_streams.dec()
 
-    async def _route_open(self, request: pb.SessionOpen, context) -> pb.SessionOpened:
+    async def _live_location(self, opening: pb.SessionOpen, context) -> SessionLocation | None:
+        """Where a resumed session lives, if that replica is alive; None when it must be
+        restored elsewhere (its replica is gone, or the directory lost the entry)."""
+        where = await self.directory.lookup(opening.session_id)
+        if where is None:
+            return None  # the journal may still hold it; the restoring replica checks the token
+        if not where.token_matches(opening.token):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "open.token: does not match the session")
+        failed_at = self._failed.get(where.address)
+        if failed_at is not None and time.monotonic() - failed_at < REPLICA_TTL_S:
+            return None
+        if await self.directory.replica_info(where.replica_id) is None:  # its heartbeat expired
+            return None
+        return where
+
+    async def _restore(self, opening: pb.SessionOpen, context) -> pb.SessionOpened:
+        """A routed open that names the session: the replica it lands on restores it."""
+        where = await self.directory.lookup(opening.session_id)
+        avoid = (where.replica_id,) if where is not None else ()
+        opened = await self._route_open(opening, context, avoid=avoid)
+        log.warning("session %s: reopened on replica %s (was %s)", opening.session_id, opened.replica,
+                    where.address if where is not None else "not in the directory")
+        return opened
+
+    async def _owner_open(self, request: pb.SessionOpen, address: str, context) -> pb.SessionOpened:
+        """OpenSession for a session whose replica is alive: that replica answers itself."""
+        stub = interaction_pb2_grpc.InteractionStub(self._channel(address))
+        try:
+            return await stub.OpenSession(request, metadata=_key(context), timeout=30)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                self._failed[address] = time.monotonic()
+            await context.abort(e.code(), e.details() or "the replica refused the open")
+
+    async def _route_open(self, request: pb.SessionOpen, context, avoid: tuple[str, ...] = ()) -> pb.SessionOpened:
         started = time.perf_counter()
-        declined: list[str] = []
+        declined: list[str] = list(avoid)
         for attempt in range(OPEN_ATTEMPTS):
-            reply, replica_id = await self.foreground.open_session.remote(request.SerializeToString(),
-                                                                         avoid=tuple(declined))
+            try:
+                reply, replica_id, code, detail = await self.foreground.open_session.remote(
+                    request.SerializeToString(), avoid=tuple(declined))
+            except Exception as e:  # the replica died under the call, or Serve has none ready now
+                log.warning("routed open failed (%s: %s); retrying", type(e).__name__, e)
+                await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
+                continue
             if reply:
                 self.metrics.open_duration.observe(time.perf_counter() - started)
                 return pb.SessionOpened.FromString(reply)
+            if code == "FAILED_PRECONDITION":  # the session's replica is alive after all: go there
+                self._failed.pop(detail, None)
+                return await self._owner_open(request, detail, context)
+            if code != "RESOURCE_EXHAUSTED":
+                await context.abort(getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN), detail)
             declined.append(replica_id)  # the router skips it while others remain
             await asyncio.sleep(RETRY_BACKOFF_S * attempt)  # all declined once: let slots free up
         self.metrics.refused_sessions.inc()
@@ -90,6 +152,10 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
         if address not in self._channels:
             self._channels[address] = grpc.aio.insecure_channel(address)
         return self._channels[address]
+
+
+def _key(context) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in context.invocation_metadata() or () if k == AUTHORIZATION]
 
 
 async def _forward(first: pb.ClientMessage, rest: AsyncIterator[pb.ClientMessage]) -> AsyncIterator[pb.ClientMessage]:

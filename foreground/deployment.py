@@ -10,6 +10,9 @@ port; a session is opened by a routed call (`open_session` through the deploymen
 which picks a replica with room and records `session -> address` in Redis), then streamed
 straight to that port, or through a gateway that looks the session up.
 
+Every replica journals its sessions in Redis (`serve.session_journal`); a routed open that names
+a session whose replica was lost restores it here (`SessionHost`).
+
 That port takes API keys like every entry point (`protos.api_keys`). Under `microturn up` it
 listens on loopback only: the gateway beside it is its one caller there.
 """
@@ -29,6 +32,7 @@ import torch
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
+from foreground.engine.input_validation import InvalidInput
 from foreground.engine.percentiles import percentile
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_scheduler import TickScheduler
@@ -40,7 +44,15 @@ from foreground.serve.job_sink import RedisJobSink
 from foreground.serve.metrics import ForegroundMetrics
 from foreground.serve.result_follower import ResultFollower
 from foreground.serve.session_directory import SessionDirectory
-from foreground.serve.session_host import HostSettings, SessionHost
+from foreground.serve.session_host import (
+    BusUnavailable,
+    HostSettings,
+    SessionElsewhere,
+    SessionHost,
+    SessionNotFound,
+    WrongToken,
+)
+from foreground.serve.session_journal import SessionJournal
 from foreground.serve.session_limits import SessionLimits
 from protos.api_keys import ApiKeyInterceptor, ApiKeys
 from protos.event_bus import EventBus
@@ -114,11 +126,13 @@ class ForegroundReplica:
         self.address = f"{advertised}:{port}"
         self.replica_id = _replica_id()
         self.directory = SessionDirectory.from_url(settings.redis_url) if settings.redis_url else None
+        self.journal = (SessionJournal.from_url(settings.redis_url, self.replica_id, self.address)
+                        if settings.redis_url else None)
         self.host = SessionHost(engine, HostSettings(
             replica_id=self.replica_id, address=self.address, tick_ms=family.shape.tick_ms,
             idle_timeout_s=settings.idle_timeout_s, resume_grace_s=settings.resume_grace_s,
             limits=limits), self.directory,
-            ForegroundMetrics(self.replica_id, family.shape.tick_ms))
+            ForegroundMetrics(self.replica_id, family.shape.tick_ms), journal=self.journal)
         if jobs is not None:  # a job Redis would not take reaches its client as an error
             jobs.on_lost = self.host.delegation_failed
         interaction_pb2_grpc.add_InteractionServicer_to_server(ReplicaInteractionService(self.host), self.server)
@@ -130,21 +144,47 @@ class ForegroundReplica:
         log.info("foreground replica %s: %d slots, sessions on %s", self.replica_id, settings.max_sessions,
                  self.address)
 
-    async def open_session(self, request: bytes, avoid: tuple[str, ...] = ()) -> tuple[bytes, str]:
-        """The routed open: reserve a slot here. Returns (serialized `SessionOpened`, this
-        replica's id), or (b"", id) when this replica is full: the caller retries with this
-        id in `avoid`, which `FreeSlotRouter` reads."""
+    async def open_session(self, request: bytes, avoid: tuple[str, ...] = ()) -> tuple[bytes, str, str, str]:
+        """The routed open: reserve a slot here, or restore a session whose replica was lost
+        (the request names it). Returns (serialized `SessionOpened`, this replica's id, "", "")
+        or (b"", id, code, detail) where code is a gRPC status name: RESOURCE_EXHAUSTED when
+        this replica is full (the caller retries with this id in `avoid`, which
+        `FreeSlotRouter` reads), FAILED_PRECONDITION when the session lives on a replica that
+        is alive (detail: its address), else NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT,
+        UNAVAILABLE (Redis), with the reason as detail."""
         try:
             session, resumed = await self.host.open(interaction_pb2.SessionOpen.FromString(request))
-        except SessionsFull:
-            return b"", self.replica_id
-        return self.host.opened_message(session, resumed).SerializeToString(), self.replica_id
+        except SessionsFull as e:
+            return b"", self.replica_id, "RESOURCE_EXHAUSTED", str(e)
+        except SessionElsewhere as e:
+            return b"", self.replica_id, "FAILED_PRECONDITION", e.address
+        except SessionNotFound as e:
+            return b"", self.replica_id, "NOT_FOUND", str(e.args[0])
+        except WrongToken as e:
+            return b"", self.replica_id, "PERMISSION_DENIED", f"open.token: {e}"
+        except InvalidInput as e:
+            return b"", self.replica_id, "INVALID_ARGUMENT", str(e)
+        except BusUnavailable as e:
+            return b"", self.replica_id, "UNAVAILABLE", str(e)
+        return self.host.opened_message(session, resumed).SerializeToString(), self.replica_id, "", ""
+
+    def session_state(self, session_id: str) -> dict | None:
+        """A held session as the engine has it (operators, tests): None if not held here."""
+        session = self.host.sessions.get(session_id)
+        if session is None or session_id not in self.host.engine.slots:
+            return None
+        state = self.host.engine.slots.get(session_id).state
+        return {"replica_id": self.replica_id, "address": self.address, "seq": session.seq,
+                "epoch": state.turn.epoch, "model_speaking": state.turn.model_speaking,
+                "conversation": [list(entry) for entry in state.conversation],
+                "restored": session.restored_through > 0}
 
     def describe(self) -> dict:
         stats = self.host.ticker.stats
         return {"replica_id": self.replica_id, "address": self.address, "pid": os.getpid(), "niceness": os.nice(0),
                 "max_sessions": self.settings.max_sessions, "live": self.host.engine.slots.live,
-                "sessions": sorted(self.host.sessions), "ticks": stats.ticks, "overruns": stats.overruns,
+                "sessions": sorted(self.host.sessions), "restored_sessions": self.host.restored,
+                "ticks": stats.ticks, "overruns": stats.overruns,
                 "tick_ms_p50": round(percentile(stats.tick_ms, 50), 2) if stats.tick_ms else None,
                 "tick_ms_p99": round(percentile(stats.tick_ms, 99), 2) if stats.tick_ms else None,
                 "tick_start_lag_ms_p50": round(percentile(stats.start_lag_ms, 50), 2) if stats.start_lag_ms else None,
@@ -173,6 +213,8 @@ class ForegroundReplica:
             except Exception as e:  # Redis is down: the key expires by itself (REPLICA_TTL_S)
                 log.warning("could not withdraw replica %s from the directory: %s", self.replica_id, e)
             await self.directory.close()
+        if self.journal:  # the journals stay: the sessions can be reopened elsewhere
+            await self.journal.close()
         if self.bus:
             await self.bus.close()
 

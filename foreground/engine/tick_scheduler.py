@@ -141,6 +141,33 @@ class TickScheduler:
     def leave(self, session_id: str) -> SessionRecord:
         return self.slots.leave(session_id)
 
+    def restore(self, session_id: str, input_rate: int | None = None, turn_policy: str | None = None,
+                epoch: int = 0, model_speaking: bool = False, user_speaking: bool = False,
+                conversation: list[tuple[str, str, int]] = ()) -> SessionRecord:
+        """Re-join a session that another replica held until it was lost, from its journal
+        (`foreground.serve.session_journal`): a fresh slot under the same id, its turn epoch
+        and floor, its conversation (for background jobs), and a re-prefill of the model.
+
+        Re-prefill means what a family can rebuild without the lost audio. The reference
+        model: the last `restore_text_tokens` of the conversation ("who: text" lines) are
+        queued as text input, which enters at its usual pace (`text_slots_per_tick` a tick);
+        that is as much text as its KV ring window held (its window holds
+        attention_window / tokens_per_tick ticks, each with that many text slots); the audio
+        context restarts from the restored tick. A family without `restore_text_tokens` (the
+        Moshi family: its text stream is the model's own speech, so forcing the conversation
+        into it would make the model say it) gets no re-prefill: its context restarts from
+        the audio that follows, and the conversation still goes to background jobs."""
+        record = self.join(session_id, input_rate=input_rate, turn_policy=turn_policy)
+        state = record.state
+        state.turn.epoch, state.turn.model_speaking = epoch, model_speaking
+        state.turn.user_speaking = state.turn.user_spoke = user_speaking
+        state.conversation = [(who, text, tick) for who, text, tick in conversation]
+        budget = getattr(self.family, "restore_text_tokens", 0)
+        if budget and conversation:
+            said = "\n".join(f"{who}: {text}" for who, text, _ in conversation)
+            state.text_in.extend(self.family.encode_text(said)[-budget:])
+        return record
+
     # -- what the serve layer reads and asks --------------------------------------------------
 
     def epoch(self, session_id: str) -> int:

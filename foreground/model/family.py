@@ -97,6 +97,12 @@ class ReferenceFamily:
         return [self.cache, _TensorsOf(self.inputs), self.featurizer, self.vocoder, self.mel,
                 self.runner.turn_detector]
 
+    @property
+    def restore_text_tokens(self) -> int:
+        """How much text a restored session re-reads (`TickScheduler.restore`): what the KV
+        ring window holds of text, `text_slots_per_tick` for each tick in the window."""
+        return self.cfg.text_slots_per_tick * (self.cfg.attention_window // self.cfg.tokens_per_tick)
+
     def open_slot(self, slot: int, seed: int) -> None:
         self.inputs.noise_page[slot] = seed % NOISE_PAGES
 

@@ -60,14 +60,20 @@ def _decode_raw(raw_rgb: bytes, width: int, height: int) -> Tensor:
 
 
 def _decode_jpeg(jpeg: bytes) -> Tensor:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(jpeg)) as image:  # reads the header only
-            _check_side(*image.size)  # before decoding: refuse huge frames cheaply
+        image = Image.open(io.BytesIO(jpeg))  # reads the header only
+    except Image.DecompressionBombError as exc:  # a header claiming billions of pixels: PIL refuses it itself
+        raise ValueError(f"`video` frame is larger than {MAX_FRAME_SIDE} px a side: {exc}") from exc
+    except Exception as exc:  # whatever a decoder raises on hostile bytes (OSError, SyntaxError, struct.error, ...)
+        raise ValueError(f"`video.jpeg` is not a decodable image: {type(exc).__name__}: {exc}") from exc
+    with image:
+        _check_side(*image.size)  # before decoding: refuse huge frames cheaply
+        try:
             rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"`video.jpeg` is not a decodable image: {exc}") from exc
+        except Exception as exc:
+            raise ValueError(f"`video.jpeg` is not a decodable image: {type(exc).__name__}: {exc}") from exc
     width, height = rgb.size
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(height, width, 3)
 

@@ -4,7 +4,9 @@ the replica that holds its slot.
 Errors: a bad first message or an unknown session fails the RPC (INVALID_ARGUMENT,
 NOT_FOUND, PERMISSION_DENIED; RESOURCE_EXHAUSTED with a `retry-after-ms` trailer when every
 slot is taken; UNAVAILABLE when Redis is down and the session cannot be recorded;
-DEADLINE_EXCEEDED when no opening message comes within `limits.open_deadline_s`). A bad
+DEADLINE_EXCEEDED when no opening message comes within `limits.open_deadline_s`). An open that
+names a session this replica does not hold restores it from its journal if its replica was lost
+(`SessionHost`; UNAVAILABLE if that replica is alive after all). A bad
 chunk later in the stream fails only that chunk: an `Error` message with code
 INVALID_ARGUMENT names the field (RESOURCE_EXHAUSTED names the limit a request went past),
 and the session and every other session go on.
@@ -18,11 +20,12 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from foreground.engine.input_validation import InvalidInput
 from foreground.engine.session_slots import SessionsFull, UnknownSession
 from foreground.serve.live_session import LiveSession
-from foreground.serve.session_host import BusUnavailable, SessionHost, SessionNotFound, WrongToken
+from foreground.serve.session_host import BusUnavailable, SessionElsewhere, SessionHost, SessionNotFound, WrongToken
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb, interaction_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -44,17 +47,22 @@ class ReplicaInteractionService(interaction_pb2_grpc.InteractionServicer):
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 f"open: no opening message within {deadline:g} s (limit `limits.open_deadline_s`)")
+        except DecodeError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _unreadable(e))
         if first is None or first.WhichOneof("payload") != "open":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "open: the first message must be `open`")
         session, resumed = await self._open(first.open, context)
         outbox = session.attach(after_seq=first.open.resume_after_seq)
         yield pb.ServerMessage(seq=0, tick=session.tick, opened=self.host.opened_message(session, resumed))
-        reader = asyncio.create_task(self._read(session, requests))
+        reader = asyncio.create_task(self._read(session, requests, outbox))
         try:
             while True:
                 message = await outbox.get()
+                if isinstance(message, DecodeError):  # from `_read`: this stream can read no more
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _unreadable(message))
                 yield message
-                if message.WhichOneof("payload") == "closed":
+                kind = message.WhichOneof("payload")
+                if kind == "closed" or (kind == "go_away" and session.closed):  # moved: reopen elsewhere
                     break
         finally:
             reader.cancel()
@@ -76,9 +84,14 @@ class ReplicaInteractionService(interaction_pb2_grpc.InteractionServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"open.token: {e}")
         except BusUnavailable as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except SessionElsewhere as e:  # its replica is alive: reopen through a gateway
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{e}; reopen through a gateway")
 
-    async def _read(self, session: LiveSession, requests: AsyncIterator[pb.ClientMessage]) -> None:
-        """Client messages into the engine until the client closes or goes away."""
+    async def _read(self, session: LiveSession, requests: AsyncIterator[pb.ClientMessage],
+                    outbox: asyncio.Queue | None = None) -> None:
+        """Client messages into the engine until the client closes or goes away. Bytes that do
+        not parse as a ClientMessage end gRPC's reading of the stream: `Converse` then ends it
+        with INVALID_ARGUMENT (the session waits for a resume) rather than ignoring the client."""
         try:
             async for message in requests:
                 session.touch()
@@ -92,8 +105,16 @@ class ReplicaInteractionService(interaction_pb2_grpc.InteractionServicer):
                     session.emit(error=events_pb2.Error(code=e.code, message=str(e), field=e.field))
                 except UnknownSession:
                     return  # closed meanwhile
+                except Exception as e:  # a bug handling one message must not end the session's input
+                    log.exception("session %s: a %s message could not be handled", session.session_id, kind)
+                    session.emit(error=events_pb2.Error(
+                        code="INTERNAL", field=kind or "payload",
+                        message=f"{kind}: could not be handled ({type(e).__name__}); the session goes on"))
         except grpc.aio.AioRpcError:
             pass  # the client went away: the session waits for a resume
+        except DecodeError as e:  # e.g. bad UTF-8 in a string field, a corrupt wire format
+            if outbox is not None:
+                await outbox.put(e)
 
     def _take(self, session: LiveSession, kind: str | None, message: pb.ClientMessage) -> None:
         engine, sid = self.host.engine, session.session_id
@@ -119,3 +140,8 @@ class ReplicaInteractionService(interaction_pb2_grpc.InteractionServicer):
             raise InvalidInput("open", "the session is already open on this stream")
         else:
             raise InvalidInput("payload", "the message carries no payload")
+
+
+def _unreadable(error: DecodeError) -> str:
+    return (f"message: not a microturn.v1.ClientMessage ({error}); nothing more can be read from this "
+            "stream: open a new one (with session_id, token and resume_after_seq, to resume a session)")

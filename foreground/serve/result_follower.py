@@ -40,6 +40,7 @@ class ResultFollower:
                  on_event: Callable[[str, str, events_pb2.Event], Awaitable[None]]) -> None:
         self.bus, self.live_sessions, self.on_event = bus, live_sessions, on_event
         self._last: dict[str, str] = {}
+        self._start: dict[str, str] = {}  # where a session joining later starts (default: its first event)
         self.backoff = OutageBackoff("reading session events", logger=log)
 
     async def run(self) -> None:
@@ -67,9 +68,14 @@ class ResultFollower:
             return
         await self._deliver(events)
 
+    def resume_after(self, session_id: str, entry_id: str) -> None:
+        """Follow `session_id`, once it is live, after `entry_id` rather than from its first
+        event (a session restored from its journal: what its lost replica handed over)."""
+        self._start[session_id] = entry_id
+
     def _follow_live(self) -> list[str]:
         live = self.live_sessions()
-        self._last = {s: self._last.get(s, "0-0") for s in live}
+        self._last = {s: self._last.get(s) or self._start.pop(s, "0-0") for s in live}
         return live
 
     async def _deliver(self, events: list[tuple[str, str, events_pb2.Event]]) -> None:

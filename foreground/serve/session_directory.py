@@ -24,6 +24,13 @@ from protos.redis_client import redis_from_url
 SESSION_TTL_S = 3600  # refreshed while the session lives
 EVENTS_KEPT_AFTER_CLOSE_S = 3600  # a closed session's event stream: long enough to read the rest
 REPLICA_TTL_S = 15
+_FORGET_IF_HELD = """
+local held_by = redis.call('HGET', KEYS[1], 'replica')
+if held_by and held_by ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -73,17 +80,29 @@ class SessionDirectory:
                 pipe.expire(_session_key(session_id), SESSION_TTL_S)
             await pipe.execute()
 
-    async def forget(self, session_id: str) -> None:
+    async def forget(self, session_id: str, replica_id: str | None = None) -> None:
         """The session is over: its entry goes, and its event stream expires an hour later (a
-        subscriber reads what is left; nothing stays in Redis for good)."""
+        subscriber reads what is left; nothing stays in Redis for good). With `replica_id`,
+        only if the entry still names that replica (another may have restored the session)."""
+        if replica_id is not None:
+            await self.redis.eval(_FORGET_IF_HELD, 2, _session_key(session_id), events_stream(session_id),
+                                  replica_id, EVENTS_KEPT_AFTER_CLOSE_S)
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(_session_key(session_id))
             pipe.expire(events_stream(session_id), EVENTS_KEPT_AFTER_CLOSE_S)
             await pipe.execute()
 
-    async def announce_replica(self, replica_id: str, address: str, live: int, max_sessions: int) -> None:
-        info = {"address": address, "live": live, "max_sessions": max_sessions, "at": time.time()}
+    async def announce_replica(self, replica_id: str, address: str, live: int, max_sessions: int,
+                               pid: int | None = None) -> None:
+        info = {"address": address, "live": live, "max_sessions": max_sessions, "at": time.time(), "pid": pid}
         await self.redis.set(f"mt:replica:{replica_id}", json.dumps(info), ex=REPLICA_TTL_S)
+
+    async def replica_info(self, replica_id: str) -> dict | None:
+        """The replica's last heartbeat, or None once it has expired (REPLICA_TTL_S after the
+        replica stopped announcing itself: withdrawn, or dead)."""
+        found = await self.redis.get(f"mt:replica:{replica_id}")
+        return json.loads(found) if found else None
 
     async def withdraw_replica(self, replica_id: str) -> None:
         await self.redis.delete(f"mt:replica:{replica_id}")

@@ -11,6 +11,15 @@ loops that talk to Redis (the heartbeat that announces the replica, the result f
 a failure and back off, a session that ends during an outage is forgotten by the directory's
 expiry, an open that cannot be recorded gives its slot back and fails as UNAVAILABLE, and a
 delegation that cannot be queued reaches its client as an `Error`.
+
+Sessions survive the replica's death: after every tick a writer journals what each session
+needs to continue (`session_journal`), and an open that names a session this replica does not
+hold restores it from its journal when the replica that held it is gone (its heartbeat expired
+or its port does not answer): a fresh slot under the same id, the turn epoch and floor, the
+conversation (re-prefilled into the model: `TickScheduler.restore`), `seq` going on after the
+journalled one, the journalled tail ready for the client's resume. A replica that finds its
+journal write refused (another replica took the session over while this one was cut off) lets
+the session go.
 """
 
 from __future__ import annotations
@@ -19,8 +28,11 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import time
 from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
 
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_loop import TickLoop
@@ -29,12 +41,14 @@ from foreground.serve.live_session import LiveSession
 from foreground.serve.session_limits import SessionLimits
 from foreground.serve.metrics import ForegroundMetrics, TickRecord
 from foreground.serve.session_directory import SessionDirectory, SessionLocation
+from foreground.serve.session_journal import JournalEntry, SessionJournal, SessionSnapshot, port_serving
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb
 from protos.redis_client import OutageBackoff
 
 log = logging.getLogger(__name__)
 
 METRICS_AFTER_S = 0.02
+JOURNAL_AFTER_S = 0.03
 SWEEP_EVERY_S = 1.0
 ANNOUNCE_EVERY_S = 1.0  # the replica's key lives REPLICA_TTL_S (15 s): a short outage keeps it
 WEAVE_BYTES = 64  # how much of a result the model reads (2 byte tokens per tick)
@@ -49,6 +63,14 @@ class SessionNotFound(KeyError):
 
 class WrongToken(PermissionError):
     pass
+
+
+class SessionElsewhere(RuntimeError):
+    """The session is held by another replica that is alive (`address`): not restored here."""
+
+    def __init__(self, message: str, address: str = "") -> None:
+        super().__init__(message)
+        self.address = address
 
 
 class BusUnavailable(ConnectionError):
@@ -69,13 +91,18 @@ class HostSettings:
 
 class SessionHost:
     def __init__(self, engine: TickScheduler, settings: HostSettings,
-                 directory: SessionDirectory | None = None, metrics: ForegroundMetrics | None = None) -> None:
-        self.engine, self.settings, self.directory = engine, settings, directory
+                 directory: SessionDirectory | None = None, metrics: ForegroundMetrics | None = None,
+                 journal: SessionJournal | None = None) -> None:
+        self.engine, self.settings, self.directory, self.journal = engine, settings, directory, journal
         self.metrics = metrics  # None: record nothing (tests that build a host without Ray)
         self.ticker = TickLoop(engine, settings.tick_ms, self.deliver)
         self.sessions: dict[str, LiveSession] = {}
         self.draining = False
+        self.restored = 0  # sessions this replica took over from a lost one
         self._tasks: list[asyncio.Task] = []
+        self._journal_due = asyncio.Event()
+        self._restoring = asyncio.Lock()
+        self.follower = None  # a ResultFollower, once started
 
     @property
     def running(self) -> bool:
@@ -86,10 +113,13 @@ class SessionHost:
 
     async def start(self, follower=None) -> None:
         """Start ticking; `follower` (a ResultFollower) brings bus events in."""
+        self.follower = follower
         self._tasks = [asyncio.create_task(self.ticker.run(), name="ticks"),
                        asyncio.create_task(self._sweep(), name="sweeper")]
         if self.directory:
             self._tasks.append(asyncio.create_task(self._announce(), name="announcer"))
+        if self.journal:
+            self._tasks.append(asyncio.create_task(self._write_journal(), name="journal"))
         if follower is not None:
             self.ticker.before_tick = follower.catch_up
             self._tasks.append(asyncio.create_task(follower.run(), name="follower"))
@@ -108,20 +138,25 @@ class SessionHost:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def open(self, request: pb.SessionOpen) -> tuple[LiveSession, bool]:
-        """Admit a new session, or find the one being resumed. Returns (session, resumed)."""
+        """Admit a new session, find the one being resumed, or restore one whose replica was
+        lost from its journal. Returns (session, resumed)."""
         if request.session_id and request.session_id in self.sessions:
-            session = self.sessions[request.session_id]
-            if not hmac.compare_digest(session.token.encode(), request.token.encode()):  # constant time
-                raise WrongToken("the token does not match this session")
-            return session, True
-        if request.session_id:
+            return self._held(request), True
+        if request.session_id and self.journal is None:
             raise SessionNotFound(f"session {request.session_id!r} is not held by this replica")
         if self.draining:
             self._refused("draining")
             raise SessionsFull("this replica is draining")
+        if request.session_id:
+            async with self._restoring:  # a retried reopen waits for the first, then finds it held
+                if request.session_id in self.sessions:
+                    return self._held(request), True
+                return await self._restore(request), True
         limits = self.settings.limits
         session = LiveSession(replay_bytes=limits.replay_bytes,
                               tool_requests_per_minute=limits.tool_requests_per_minute)
+        session.input_rate = request.input_sample_rate
+        session.turn_policy = POLICIES.get(request.turn_policy, "")
         try:
             await self.ticker.between_ticks(self._join, session, request)
         except SessionsFull:
@@ -135,6 +170,81 @@ class SessionHost:
         log.info("session %s opened (%d/%d slots used)", session.session_id,
                  self.engine.live, self.engine.max_slots)
         return session, False
+
+    def _held(self, request: pb.SessionOpen) -> LiveSession:
+        session = self.sessions[request.session_id]
+        if not hmac.compare_digest(session.token.encode(), request.token.encode()):  # constant time
+            raise WrongToken("the token does not match this session")
+        return session
+
+    async def _restore(self, request: pb.SessionOpen) -> LiveSession:
+        """Take over a session whose replica is gone, from its journal (module docstring)."""
+        session_id = request.session_id
+        entry = await self._journal_call(self.journal.load(session_id))
+        if entry is None:
+            raise SessionNotFound(f"session {session_id!r} is not live (no replica holds it and it has no journal)")
+        if not hmac.compare_digest(entry.token.encode(), request.token.encode()):
+            raise WrongToken("the token does not match this session")
+        if entry.replica != self.settings.replica_id and await self._owner_alive(entry):
+            raise SessionElsewhere(f"session {session_id!r} is held by replica {entry.replica} ({entry.address}), "
+                                   "which is alive", entry.address)
+        limits = self.settings.limits
+        session = LiveSession(session_id, entry.token, replay_bytes=limits.replay_bytes,
+                              tool_requests_per_minute=limits.tool_requests_per_minute)
+        session.input_rate, session.turn_policy = entry.input_rate, entry.turn_policy
+        session.events_after = entry.events_after
+        session.restore(max(entry.seq, request.resume_after_seq), entry.tail)
+        session.tick = self.engine.tick_count
+        try:
+            await self.ticker.between_ticks(self._rejoin, entry)
+        except SessionsFull:
+            self._refused("full")
+            raise
+        try:
+            claimed = await self._journal_call(self.journal.claim(session_id, entry.replica, entry.seq))
+        except BaseException:
+            await asyncio.shield(self._undo_open(session))
+            raise
+        if not claimed:
+            await asyncio.shield(self._undo_open(session))
+            raise SessionElsewhere(f"session {session_id!r} was taken over by another replica meanwhile")
+        if self.follower is not None and entry.events_after:  # results its lost replica handed over: not again
+            self.follower.resume_after(session_id, entry.events_after)
+        self.sessions[session_id] = session
+        self.restored += 1
+        if self.metrics:
+            self.metrics.track(session_id)
+        if self.directory:
+            await self._record(session)
+        log.warning("session %s restored from its journal (replica %s was lost): seq goes on after %d, epoch %d, "
+                    "%d conversation entries, %d journalled messages", session_id, entry.replica, session.seq,
+                    entry.epoch, len(entry.conversation), len(entry.tail))
+        self._journal_due.set()
+        return session
+
+    def _rejoin(self, entry: JournalEntry) -> None:
+        self.engine.restore(entry.session_id, input_rate=entry.input_rate or None,
+                            turn_policy=entry.turn_policy or None, epoch=entry.epoch,
+                            model_speaking=entry.model_speaking, user_speaking=entry.user_speaking,
+                            conversation=entry.conversation)
+
+    async def _owner_alive(self, entry: JournalEntry) -> bool:
+        """Its heartbeat key has not expired AND its session port answers as SERVING. The
+        heartbeat outlives a killed process by up to REPLICA_TTL_S, hence the probe."""
+        if self.directory is not None:
+            try:
+                if await self.directory.replica_info(entry.replica) is None:
+                    return False
+            except Exception as e:  # Redis is flaky: the probe decides alone
+                log.warning("could not read replica %s's heartbeat: %s", entry.replica, e)
+        return await port_serving(entry.address)
+
+    @staticmethod
+    async def _journal_call(call):
+        try:
+            return await call
+        except (RedisError, OSError) as e:
+            raise BusUnavailable(f"the session journal (Redis) is unreachable: {e}; retry in a few seconds") from e
 
     async def _record(self, session: LiveSession) -> None:
         """Tell the directory where the new session lives. Without that entry no gateway can
@@ -186,12 +296,31 @@ class SessionHost:
         if self.metrics:
             self.metrics.forget(session.session_id)
         session.emit(closed=pb.SessionClosed(reason=reason, ticks=record.ticks, late_chunks=record.late_chunks))
+        if self.journal:
+            try:
+                await self.journal.delete(session.session_id)
+            except Exception as e:  # it expires by itself (JOURNAL_TTL_S)
+                log.warning("session %s: could not delete its journal: %s", session.session_id, e)
         if self.directory:
             try:
-                await self.directory.forget(session.session_id)
+                await self.directory.forget(session.session_id, replica_id=self.settings.replica_id)
             except Exception as e:  # the entry expires by itself (SESSION_TTL_S)
                 log.warning("session %s: could not remove it from the directory: %s", session.session_id, e)
         log.info("session %s closed: %s", session.session_id, reason)
+
+    async def _let_go(self, session_id: str) -> None:
+        """Another replica owns this session now (this one was cut off, and its client went
+        there): free the slot, leave the directory and the journal to the new owner."""
+        session = self.sessions.get(session_id)
+        if session is None or session.closed:
+            return
+        session.closed = True
+        log.warning("session %s: another replica took it over; letting it go here", session_id)
+        await asyncio.shield(self._undo_open(session))
+        if self.journal:
+            self.journal.forget(session_id)
+        # not `closed`: the session goes on elsewhere; a stream still here ends, and its client reopens
+        session.emit(go_away=pb.GoAway(reason="the session moved to another replica", retry_after_ms=0))
 
     def request_tool(self, session: LiveSession, tool: str, arguments_json: str) -> str:
         """A client asked for a tool by name: hand the job to the background pool (at most
@@ -222,7 +351,10 @@ class SessionHost:
         received_ns = time.time_ns()
         session = self.sessions.get(session_id)
         body = event.WhichOneof("body")
-        if session is None or body not in FORWARDED:
+        if session is None:
+            return
+        session.events_after = entry_id  # journalled: a restored session follows on from here
+        if body not in FORWARDED:
             return
         session.emit(**{body: getattr(event, body)})
         if self.metrics:
@@ -274,6 +406,8 @@ class SessionHost:
                                 overruns_total=stats.overruns)
             # After the streams have written this tick's audio: metrics must not delay it.
             asyncio.get_running_loop().call_later(METRICS_AFTER_S, self.metrics.on_tick, record, outputs)
+        if self.journal and outputs:
+            self._journal_due.set()
 
     def _refused(self, reason: str) -> None:
         log.info("session open refused: %s", reason)
@@ -300,6 +434,39 @@ class SessionHost:
             else:
                 backoff.succeeded()
 
+    def _snapshots(self) -> list[SessionSnapshot]:
+        """Every live session as its journal needs it (on the event loop, between awaits)."""
+        snapshots = []
+        for session in list(self.sessions.values()):
+            if session.closed or session.session_id not in self.engine.slots:
+                continue
+            state = self.engine.slots.get(session.session_id).state
+            snapshots.append(SessionSnapshot(
+                session_id=session.session_id, token=session.token, seq=session.seq, tick=session.tick,
+                input_rate=session.input_rate, turn_policy=session.turn_policy, epoch=state.turn.epoch,
+                model_speaking=state.turn.model_speaking, user_speaking=state.turn.user_speaking,
+                conversation=state.conversation, replay=session.replay, events_after=session.events_after))
+        return snapshots
+
+    async def _write_journal(self) -> None:
+        """After each tick, one pipelined write of every session's changes. Rounds coalesce
+        when Redis is slower than a tick; an outage backs off and keeps nothing but the live
+        sessions (their replay buffers hold what the next round sends)."""
+        backoff = OutageBackoff(f"journalling the sessions of replica {self.settings.replica_id}", logger=log)
+        while True:
+            await self._journal_due.wait()
+            await asyncio.sleep(JOURNAL_AFTER_S)  # after the streams have written this tick's audio
+            self._journal_due.clear()
+            try:
+                lost = await self.journal.write(self._snapshots)
+            except Exception as e:
+                await asyncio.sleep(backoff.failed(e))
+                self._journal_due.set()
+                continue
+            backoff.succeeded()
+            for session_id in lost:
+                await self._let_go(session_id)
+
     async def _announce(self) -> None:
         """The replica's heartbeat in the directory (address, live and free slots), which also
         keeps its sessions' entries alive (a session may last longer than their TTL)."""
@@ -308,7 +475,7 @@ class SessionHost:
             await asyncio.sleep(ANNOUNCE_EVERY_S + backoff.delay_s)
             try:
                 await self.directory.announce_replica(self.settings.replica_id, self.settings.address,
-                                                      self.engine.live, self.engine.max_slots)
+                                                      self.engine.live, self.engine.max_slots, pid=os.getpid())
                 await self.directory.refresh([s.session_id for s in self.sessions.values() if not s.closed])
             except Exception as e:
                 backoff.failed(e)
