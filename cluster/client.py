@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 POLICIES = {"model": pb.TURN_POLICY_MODEL, "vad": pb.TURN_POLICY_VAD, "hybrid": pb.TURN_POLICY_HYBRID}
 _END = object()
+_WAKE = object()  # a failed stream handed a message back: the live one sends it
 REOPEN_TIMEOUT_S = 8.0  # no replica took the session in this long: the caller gets the error
 REOPEN_BACKOFF_S = (0.0, 0.2, 0.4, 0.8, 1.0)  # before each try, then the last one again
 # A stream that ends with one of these may be reopened; others (a wrong token or key, a bad
@@ -167,11 +168,26 @@ class ClientSession:
         self._call, self.opened = call, first.opened
 
     async def _requests(self, stream: int, opening: pb.ClientMessage) -> AsyncIterator[pb.ClientMessage]:
+        """The messages of stream number `stream`. A stream that failed may still take one
+        from the queue: it hands it back (`_carried`, oldest first) and wakes the live one."""
         yield opening
         while True:
-            message = self._carried.popleft() if self._carried else await self._outgoing.get()
+            carried = bool(self._carried)
+            if carried:
+                message = self._carried.popleft()
+            else:
+                message = await self._outgoing.get()
+                if message is _WAKE:
+                    continue
+                if self._carried and stream == self._stream:  # older ones came back meanwhile
+                    self._carried.append(message)
+                    continue
             if stream != self._stream:  # a newer stream took over: it sends this one
-                self._carried.append(message)
+                if carried:
+                    self._carried.appendleft(message)
+                else:
+                    self._carried.append(message)
+                self._outgoing.put_nowait(_WAKE)
                 return
             if message is _END:
                 return

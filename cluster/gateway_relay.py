@@ -52,10 +52,10 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
 
     async def OpenSession(self, request: pb.SessionOpen, context) -> pb.SessionOpened:
         if request.session_id:
-            where = await self._live_location(request, context)
-            if where is not None:
+            where, alive = await self._locate(request, context)
+            if alive:
                 return await self._owner_open(request, where.address, context)
-            return await self._restore(request, context)
+            return await self._restore(request, where, context)
         return await self._route_open(request, context)
 
     async def Converse(self, requests: AsyncIterator[pb.ClientMessage], context) -> AsyncIterator[pb.ServerMessage]:
@@ -65,8 +65,8 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
         opening = pb.SessionOpen()
         opening.CopyFrom(first.open)
         if opening.session_id:
-            where = await self._live_location(opening, context)
-            address = where.address if where is not None else (await self._restore(opening, context)).replica
+            where, alive = await self._locate(opening, context)
+            address = where.address if alive else (await self._restore(opening, where, context)).replica
         else:
             opened = await self._route_open(opening, context)
             opening.session_id, opening.token, address = opened.session_id, opened.token, opened.replica
@@ -78,7 +78,7 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
                 yield message
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:  # the replica went away (or never answered)
-                self._failed[address] = time.monotonic()
+                self._mark_failed(address)
                 log.warning("session %s: the stream to replica %s failed (%s); the client reopens it elsewhere",
                             opening.session_id, address, e.details())
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
@@ -89,24 +89,28 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
         finally:
             self.metrics.relayed_streams.dec()
 
-    async def _live_location(self, opening: pb.SessionOpen, context) -> SessionLocation | None:
-        """Where a resumed session lives, if that replica is alive; None when it must be
-        restored elsewhere (its replica is gone, or the directory lost the entry)."""
+    async def _locate(self, opening: pb.SessionOpen, context) -> tuple[SessionLocation | None, bool]:
+        """Where the directory says a resumed session lives, and whether that replica is alive
+        (if not, or if the directory lost the entry, it must be restored elsewhere)."""
         where = await self.directory.lookup(opening.session_id)
         if where is None:
-            return None  # the journal may still hold it; the restoring replica checks the token
+            return None, False  # the journal may still hold it; the restoring replica checks the token
         if not where.token_matches(opening.token):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "open.token: does not match the session")
         failed_at = self._failed.get(where.address)
         if failed_at is not None and time.monotonic() - failed_at < REPLICA_TTL_S:
-            return None
+            return where, False
         if await self.directory.replica_info(where.replica_id) is None:  # its heartbeat expired
-            return None
-        return where
+            return where, False
+        return where, True
 
-    async def _restore(self, opening: pb.SessionOpen, context) -> pb.SessionOpened:
+    def _mark_failed(self, address: str) -> None:
+        now = time.monotonic()
+        self._failed = {a: t for a, t in self._failed.items() if now - t < REPLICA_TTL_S}
+        self._failed[address] = now
+
+    async def _restore(self, opening: pb.SessionOpen, where: SessionLocation | None, context) -> pb.SessionOpened:
         """A routed open that names the session: the replica it lands on restores it."""
-        where = await self.directory.lookup(opening.session_id)
         avoid = (where.replica_id,) if where is not None else ()
         opened = await self._route_open(opening, context, avoid=avoid)
         log.warning("session %s: reopened on replica %s (was %s)", opening.session_id, opened.replica,
@@ -120,20 +124,23 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
             return await stub.OpenSession(request, metadata=_key(context), timeout=30)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE:
-                self._failed[address] = time.monotonic()
+                self._mark_failed(address)
             await context.abort(e.code(), e.details() or "the replica refused the open")
 
     async def _route_open(self, request: pb.SessionOpen, context, avoid: tuple[str, ...] = ()) -> pb.SessionOpened:
         started = time.perf_counter()
         declined: list[str] = list(avoid)
+        failed: Exception | None = None
         for attempt in range(OPEN_ATTEMPTS):
             try:
                 reply, replica_id, code, detail = await self.foreground.open_session.remote(
                     request.SerializeToString(), avoid=tuple(declined))
             except Exception as e:  # the replica died under the call, or Serve has none ready now
                 log.warning("routed open failed (%s: %s); retrying", type(e).__name__, e)
+                failed = e
                 await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
                 continue
+            failed = None
             if reply:
                 self.metrics.open_duration.observe(time.perf_counter() - started)
                 return pb.SessionOpened.FromString(reply)
@@ -144,6 +151,9 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
                 await context.abort(getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN), detail)
             declined.append(replica_id)  # the router skips it while others remain
             await asyncio.sleep(RETRY_BACKOFF_S * attempt)  # all declined once: let slots free up
+        if failed is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"no foreground replica answered the open ({type(failed).__name__}); retry later")
         self.metrics.refused_sessions.inc()
         context.set_trailing_metadata((("retry-after-ms", RETRY_AFTER_MS),))
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "every foreground slot is taken; retry later")

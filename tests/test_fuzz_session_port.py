@@ -58,7 +58,7 @@ MAX_SIDE = 4096
 MAX_TEXT = 4096
 KNOWN_TOOLS = {"clock", "calculator", "ui.render", "ui__render"}
 TICK_S = 0.2
-FUZZ = settings(max_examples=40, deadline=None, database=None, print_blob=True,
+FUZZ = settings(max_examples=100, deadline=None, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
 
@@ -596,7 +596,7 @@ openings = st.one_of(
 )
 
 
-@settings(FUZZ, max_examples=30)
+@settings(FUZZ, max_examples=50)
 @given(case=openings)
 def test_a_refused_opening_is_a_status_that_names_why_and_takes_no_slot(peer_unaffected, case):
     replica = peer_unaffected

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
+from foreground.engine.input_validation import InvalidInput
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_loop import TickLoop
 from foreground.engine.tick_scheduler import SessionOutput, TickScheduler, WovenResult
@@ -156,6 +157,8 @@ class SessionHost:
         session = LiveSession(replay_bytes=limits.replay_bytes,
                               tool_requests_per_minute=limits.tool_requests_per_minute)
         session.input_rate = request.input_sample_rate
+        if request.turn_policy and request.turn_policy not in POLICIES:
+            raise InvalidInput("open.turn_policy", f"unknown turn policy {request.turn_policy}")
         session.turn_policy = POLICIES.get(request.turn_policy, "")
         try:
             await self.ticker.between_ticks(self._join, session, request)
@@ -267,6 +270,8 @@ class SessionHost:
     async def _undo_open(self, session: LiveSession) -> None:
         await self.ticker.between_ticks(self.engine.leave, session.session_id)
         self.sessions.pop(session.session_id, None)
+        if self.journal:
+            self.journal.forget(session.session_id)
         if self.metrics:
             self.metrics.forget(session.session_id)
 
@@ -317,8 +322,6 @@ class SessionHost:
         session.closed = True
         log.warning("session %s: another replica took it over; letting it go here", session_id)
         await asyncio.shield(self._undo_open(session))
-        if self.journal:
-            self.journal.forget(session_id)
         # not `closed`: the session goes on elsewhere; a stream still here ends, and its client reopens
         session.emit(go_away=pb.GoAway(reason="the session moved to another replica", retry_after_ms=0))
 
@@ -450,8 +453,8 @@ class SessionHost:
 
     async def _write_journal(self) -> None:
         """After each tick, one pipelined write of every session's changes. Rounds coalesce
-        when Redis is slower than a tick; an outage backs off and keeps nothing but the live
-        sessions (their replay buffers hold what the next round sends)."""
+        when Redis is slower than a tick; an outage backs off, and the first round that gets
+        through sends what changed since the last one that did."""
         backoff = OutageBackoff(f"journalling the sessions of replica {self.settings.replica_id}", logger=log)
         while True:
             await self._journal_due.wait()
