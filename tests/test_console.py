@@ -1,7 +1,9 @@
 """The browser console, served by `microturn up`'s gateway at `/`, in a real Chromium (Debian's
 `chromium`, driven by Playwright; Playwright's own browser download is not reachable here):
 a WAV file stands in for the microphone, and the timeline must show the user's speech, the
-model's audio and turn events with their causes arriving."""
+model's audio and turn events with their causes arriving, a turn taken and an interruption (the
+fake microphone loops the file: the sentence comes again while the model speaks). A screenshot
+of the console is saved with the test's output."""
 
 import os
 import re
@@ -90,6 +92,9 @@ def test_the_console_streams_the_microphone_and_draws_the_timeline(ray_cluster, 
                 expect(timeline).to_contain_text("model audio arriving", timeout=30_000)
                 expect(timeline).to_contain_text("MODEL_SPEECH_STARTED — cause threshold", timeout=10_000)
                 expect(page.locator("#latencies tbody tr").first).to_be_visible(timeout=10_000)
+                expect(timeline).to_contain_text("INTERRUPTED", timeout=30_000)  # the loop's sentence again
+                page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
+                assert (tmp_path / "console.png").stat().st_size > 10_000
                 counters = page.evaluate("window.microturnConsole.counters")
                 assert counters.get("audio sent (100 ms)", 0) >= 10
                 assert counters.get("response.output_audio.delta", 0) >= 1
