@@ -228,9 +228,12 @@ class TickScheduler:
 
     def submit_video(self, session_id: str, jpeg: bytes | None = None, raw_rgb: bytes | None = None,
                      width: int = 0, height: int = 0) -> None:
+        """Decoded outside the slots' lock (the tick's gather waits on it), stored under it."""
+        self.slots.get(session_id)  # an unknown session fails before any decoding
+        frame = self.family.decode_video(jpeg, raw_rgb, width, height)
         with self.slots.lock:
             record = self.slots.get(session_id)
-            self.family.accept_video(record.slot, jpeg, raw_rgb, width, height)
+            self.family.store_video(record.slot, frame)
 
     # -- the tick -----------------------------------------------------------------------------
 

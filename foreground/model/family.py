@@ -117,12 +117,14 @@ class ReferenceFamily:
     def text_decoder(self) -> ByteTextDecoder:
         return ByteTextDecoder()
 
-    def accept_video(self, slot: int, jpeg: bytes | None, raw_rgb: bytes | None, width: int, height: int) -> None:
+    def decode_video(self, jpeg: bytes | None, raw_rgb: bytes | None, width: int, height: int) -> torch.Tensor:
         try:
-            frame = decode_frame(jpeg, raw_rgb, width, height, self.cfg.vision.image_size)
+            return decode_frame(jpeg, raw_rgb, width, height, self.cfg.vision.image_size)
         except ValueError as e:  # its message names the field in backticks
             named = re.search(r"`([\w.]+)`", str(e))
             raise InvalidInput(named.group(1) if named else "video", str(e)) from e
+
+    def store_video(self, slot: int, frame: torch.Tensor) -> None:
         self.inputs.video[slot].copy_(frame)
         self.inputs.has_video[slot] = True
 

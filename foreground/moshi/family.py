@@ -88,7 +88,10 @@ class MoshiFamily:
     def text_decoder(self) -> PieceTextDecoder:
         return PieceTextDecoder(self.tokenizer)
 
-    def accept_video(self, slot: int, jpeg, raw_rgb, width: int, height: int) -> None:
+    def decode_video(self, jpeg, raw_rgb, width: int, height: int) -> torch.Tensor:
+        raise InvalidInput("video", "this model (Moshi family) takes no video input")
+
+    def store_video(self, slot: int, frame: torch.Tensor) -> None:
         raise InvalidInput("video", "this model (Moshi family) takes no video input")
 
     def forward(self, batch: int, audio: torch.Tensor, text_ids: torch.Tensor) -> None:

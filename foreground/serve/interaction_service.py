@@ -100,7 +100,10 @@ class ReplicaInteractionService(interaction_pb2_grpc.InteractionServicer):
                     await self.host.close(session, message.close.reason or "closed by the client")
                     return
                 try:
-                    self._take(session, kind, message)
+                    if kind == "video":  # decoding a JPEG takes milliseconds: not on the event loop
+                        await asyncio.to_thread(self._take, session, kind, message)
+                    else:
+                        self._take(session, kind, message)
                 except InvalidInput as e:  # LimitExceeded too: RESOURCE_EXHAUSTED, naming the limit
                     session.emit(error=events_pb2.Error(code=e.code, message=str(e), field=e.field))
                 except UnknownSession:
