@@ -17,6 +17,8 @@ import wave
 import numpy as np
 import pytest
 
+from cluster_helpers import wait_for_line
+
 from cluster.local_api_key import find_api_key
 from cluster.speech import synthesize
 
@@ -24,21 +26,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
                  if (path := shutil.which(name))), None)
-
-
-def _read_until(proc: subprocess.Popen, pattern: str, timeout_s: float) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        lines.append(line.rstrip())
-        if re.search(pattern, line):
-            return lines
-    raise AssertionError(f"no line matching {pattern!r}; got: {lines}")
 
 
 def _microphone_wav(path) -> str:
@@ -65,7 +52,7 @@ def test_the_console_streams_the_microphone_and_draws_the_timeline(ray_cluster, 
     proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "up"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        lines = _read_until(proc, "microturn is up", timeout_s=120)
+        lines = wait_for_line(proc, "microturn is up", timeout_s=120)
         url = re.search(r"^realtime .*: (http://\S+)$", "\n".join(lines), re.M).group(1)
         key = find_api_key()
         started = time.monotonic()

@@ -417,7 +417,7 @@ def _matches(expected: list[set], got: list[str]) -> bool:
     return match(0, 0)
 
 
-def _check(replica: Replica, plan: Plan, out: Outcome) -> None:
+def _assert_every_message_answered(replica: Replica, plan: Plan, out: Outcome) -> None:
     assert out.opened is not None, out.status
     errors = out.of("error")
     assert _matches(plan.expected, [e.field for e in errors]), (plan.expected, [(e.field, e.message) for e in errors])
@@ -551,7 +551,7 @@ def test_generated_messages_are_each_answered_and_nothing_else_is_disturbed(peer
     plan = _plan([m.SerializeToString() for m in messages], rate or 16_000)
     out = replica.call(_stream(replica, [opening.SerializeToString()], plan.sent, bearer_metadata(KEY),
                                0 if plan.closes else len(plan.tools), plan.unreadable))
-    _check(replica, plan, out)
+    _assert_every_message_answered(replica, plan, out)
 
 
 def _mutated(data: bytes, edits: list[tuple[int, int]]) -> bytes:
@@ -580,7 +580,7 @@ def test_raw_bytes_are_answered_with_an_error_or_a_status_and_the_session_resume
     plan = _plan(items, 16_000)
     out = replica.call(_stream(replica, [opening], plan.sent, bearer_metadata(KEY),
                                0 if plan.closes else len(plan.tools), plan.unreadable))
-    _check(replica, plan, out)
+    _assert_every_message_answered(replica, plan, out)
 
 
 openings = st.one_of(

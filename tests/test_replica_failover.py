@@ -13,8 +13,9 @@ import re
 import signal
 import time
 
-import numpy as np
 import pytest
+
+from cluster_helpers import tone_chunk
 
 from cluster.client import InteractionClient
 from cluster.config import load_config
@@ -25,11 +26,6 @@ from foreground.serve.session_journal import SessionJournal
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 SLOTS_PER_REPLICA, REPLICAS = 4, 2  # the survivor must hold all four
 CONTINUE_WITHIN_S = 5.0
-
-
-def _chunk(freq: float) -> bytes:
-    t = np.arange(3200) / 16_000
-    return (0.2 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2").tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +45,7 @@ async def _stream(session, freq: float, stop: asyncio.Event) -> None:
     seq = 0
     while not stop.is_set():
         seq += 1
-        await session.send_audio(_chunk(freq), seq=seq)
+        await session.send_audio(tone_chunk(freq), seq=seq)
         await asyncio.sleep(0.2)
 
 

@@ -4,8 +4,9 @@ malformed input, resume after a disconnect."""
 import asyncio
 
 import grpc
-import numpy as np
 import pytest
+
+from cluster_helpers import tone_chunk
 
 from cluster.client import InteractionClient
 from cluster.config import load_config
@@ -16,11 +17,6 @@ from protos.microturn.v1 import interaction_pb2 as pb, interaction_pb2_grpc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 SLOTS_PER_REPLICA, REPLICAS = 2, 2
-
-
-def _chunk(freq: float) -> bytes:
-    t = np.arange(3200) / 16_000
-    return (0.2 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2").tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +39,7 @@ def _run(cluster, coro):
 
 async def _stream(session, chunks: int, freq: float, pace_s: float = 0.2) -> None:
     for seq in range(1, chunks + 1):
-        await session.send_audio(_chunk(freq), seq=seq)
+        await session.send_audio(tone_chunk(freq), seq=seq)
         await asyncio.sleep(pace_s)
 
 

@@ -14,6 +14,8 @@ import time
 import grpc
 import psutil
 import pytest
+
+from cluster_helpers import wait_for_line
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -22,21 +24,6 @@ from cluster.client import InteractionClient
 from cluster.health_probe import check_health
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
-
-
-def _wait_for_line(proc: subprocess.Popen, pattern: str, timeout_s: float) -> list[str]:
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            if proc.poll() is not None:
-                break
-            continue
-        lines.append(line.rstrip())
-        if re.search(pattern, line):
-            return lines
-    raise AssertionError(f"no line matching {pattern!r}; got: {lines}")
 
 
 async def _open_session(gateway: str, api_key: str | None) -> str:
@@ -52,7 +39,7 @@ def test_up_serves_health_and_reflection_then_stops_clean(ray_cluster, redis_ser
         proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "up"], env=env,
                                 stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
-        lines = _wait_for_line(proc, "microturn is up", timeout_s=120)
+        lines = wait_for_line(proc, "microturn is up", timeout_s=120)
         gateway = re.search(r"gateway .*: (\S+)$", "\n".join(lines), re.M).group(1)
         replica = re.search(r"foreground replica: (\S+)", "\n".join(lines)).group(1)
         assert replica.startswith("127.0.0.1:")  # beside its gateway: loopback only

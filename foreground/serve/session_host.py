@@ -153,9 +153,7 @@ class SessionHost:
                 if request.session_id in self.sessions:
                     return self._held(request), True
                 return await self._restore(request), True
-        limits = self.settings.limits
-        session = LiveSession(replay_bytes=limits.replay_bytes,
-                              tool_requests_per_minute=limits.tool_requests_per_minute)
+        session = self._new_session()
         session.input_rate = request.input_sample_rate
         if request.turn_policy and request.turn_policy not in POLICIES:
             raise InvalidInput("open.turn_policy", f"unknown turn policy {request.turn_policy}")
@@ -176,9 +174,13 @@ class SessionHost:
 
     def _held(self, request: pb.SessionOpen) -> LiveSession:
         session = self.sessions[request.session_id]
-        if not hmac.compare_digest(session.token.encode(), request.token.encode()):  # constant time
-            raise WrongToken("the token does not match this session")
+        _check_token(session.token, request.token)
         return session
+
+    def _new_session(self, session_id: str | None = None, token: str | None = None) -> LiveSession:
+        limits = self.settings.limits
+        return LiveSession(session_id, token, replay_bytes=limits.replay_bytes,
+                           tool_requests_per_minute=limits.tool_requests_per_minute)
 
     async def _restore(self, request: pb.SessionOpen) -> LiveSession:
         """Take over a session whose replica is gone, from its journal (module docstring)."""
@@ -186,14 +188,11 @@ class SessionHost:
         entry = await self._journal_call(self.journal.load(session_id))
         if entry is None:
             raise SessionNotFound(f"session {session_id!r} is not live (no replica holds it and it has no journal)")
-        if not hmac.compare_digest(entry.token.encode(), request.token.encode()):
-            raise WrongToken("the token does not match this session")
+        _check_token(entry.token, request.token)
         if entry.replica != self.settings.replica_id and await self._owner_alive(entry):
             raise SessionElsewhere(f"session {session_id!r} is held by replica {entry.replica} ({entry.address}), "
                                    "which is alive", entry.address)
-        limits = self.settings.limits
-        session = LiveSession(session_id, entry.token, replay_bytes=limits.replay_bytes,
-                              tool_requests_per_minute=limits.tool_requests_per_minute)
+        session = self._new_session(session_id, entry.token)
         session.input_rate, session.turn_policy = entry.input_rate, entry.turn_policy
         session.events_after = entry.events_after
         session.restore(max(entry.seq, request.resume_after_seq), entry.tail)
@@ -484,6 +483,12 @@ class SessionHost:
                 backoff.failed(e)
             else:
                 backoff.succeeded()
+
+
+def _check_token(expected: str, given: str) -> None:
+    """Compared in constant time: how long a refusal takes says nothing about the token."""
+    if not hmac.compare_digest(expected.encode(), given.encode()):
+        raise WrongToken("the token does not match this session")
 
 
 def _log_unexpected_end(task: asyncio.Task) -> None:
