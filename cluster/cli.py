@@ -54,12 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
     tick.add_argument("--preset", default="tiny")
     tick.add_argument("--checkpoint", type=Path, help="a checkpoint folder (default: the seeded one)")
     tick.add_argument("--policy", default="hybrid", choices=["model", "vad", "hybrid"])
-    load = kinds.add_parser("load", help="many concurrent gRPC clients: serving overhead per chunk")
+    tick.add_argument("--find-max", action="store_true",
+                      help="instead: the most sessions whose tick p99 stays under one tick")
+    load = kinds.add_parser("load", help="many concurrent clients (gRPC or Realtime WebSocket): serving overhead "
+                                         "per chunk")
     load.add_argument("--sessions", type=int, default=32)
     load.add_argument("--seconds", type=float, default=20.0)
-    load.add_argument("--via", choices=["direct", "gateway"], default="direct",
-                      help="stream straight to the replica (default) or through the gateway")
+    load.add_argument("--via", choices=["direct", "gateway", "realtime"], default="direct",
+                      help="stream straight to the replica (default), through the gateway, or through the "
+                           "gateway's OpenAI Realtime WebSocket")
     load.add_argument("--address", help="a running cluster's gateway (default: start one)")
+    load.add_argument("--realtime-url", help="with --address and --via realtime: the gateway's HTTP URL "
+                                             "(default: the address's host, port serve.realtime_port_for)")
+    load.add_argument("--client-processes", type=int, default=None, metavar="N",
+                      help="spread the clients over N processes (default: one per 16 sessions; 0: this process)")
     soak = kinds.add_parser("soak", help="N sessions for M minutes with churn, text, video and tools: errors, "
                                          "late chunks and every process's RSS growth")
     soak.add_argument("--sessions", type=int, default=32, help="sessions live at once")
@@ -85,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the user's speech RMS over its voiced spans above the background (with --noise)")
     duplex.add_argument("--runs", type=Path, default=Path("runs"), help="where runs/bench-<stamp>/ goes")
     compare = kinds.add_parser("compare", help="the same backbone: the tick engine side by side with vLLM")
-    compare.add_argument("--sessions", default="1,8,32", help="comma-separated session counts")
+    compare.add_argument("--sessions", default="8,32,64", help="comma-separated session counts")
     compare.add_argument("--ticks", type=int, default=30, help="timed ticks per side and session count")
     compare.add_argument("--warmup", type=int, default=5, help="untimed ticks first")
     compare.add_argument("--preset", default="tiny")
@@ -135,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cluster.client_tls import use_client_tls
+
+    use_client_tls(config.tls)  # talk, demo and the benches reach the gateway as the config says
 
     if args.command == "up":
         from cluster.up import run_up
@@ -181,9 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         print(write_seeded_checkpoint(args.dir, args.preset, args.seed))
         return 0
     if args.command == "bench" and args.kind == "tick":
-        from cluster.bench.tick import run_tick_bench
+        from cluster.bench.tick import find_max_sessions, run_tick_bench
 
-        result = run_tick_bench(args.sessions, args.ticks, args.preset, args.checkpoint, args.policy)
+        if args.find_max:
+            result = find_max_sessions(min(args.ticks, 20), args.preset, args.checkpoint, args.policy)
+        else:
+            result = run_tick_bench(args.sessions, args.ticks, args.preset, args.checkpoint, args.policy)
         return _report(result, args.json)
     if args.command == "bench" and args.kind == "parity":
         from cluster.bench.parity import run_parity
@@ -199,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.address and config.foreground.max_sessions < args.sessions:
             config = config.model_copy(update={"foreground": config.foreground.model_copy(
                 update={"max_sessions": args.sessions})})
-        result = asyncio.run(run_load(config, args.sessions, args.seconds, args.via, args.address))
+        result = asyncio.run(run_load(config, args.sessions, args.seconds, args.via, args.address,
+                                      args.client_processes, args.realtime_url))
         return _report(result, args.json)
     if args.command == "bench" and args.kind == "soak":
         return _soak(args, config)
@@ -230,6 +245,7 @@ def _talk(args: argparse.Namespace, config) -> int:
     from cluster.conversation import UnsupportedAudio
     from cluster.local_api_key import find_api_key
     from cluster.talk import TalkError, default_out, run_talk
+    from protos.tls import TlsError
 
     if args.tail_s < 0:
         print("--tail-s: must be 0 or more seconds", file=sys.stderr)
@@ -241,7 +257,7 @@ def _talk(args: argparse.Namespace, config) -> int:
     except UnsupportedAudio as e:
         print(f"--wav {e}", file=sys.stderr)
         return 2
-    except TalkError as e:
+    except (TalkError, TlsError) as e:
         print(e, file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

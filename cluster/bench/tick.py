@@ -9,7 +9,9 @@ batched tick. Ticks run back to back (no sleeping) after warm-up, in three phase
 3. a few ticks under the allocation counter (it slows ops, so they are not timed).
 
 Then every session is replayed alone through phase 1 (same chunks, same seed) and its digests
-compared: `invariant` is true when all are bitwise equal. RSS is compared between the end of
+compared: `invariant` is true when all are bitwise equal. The floor (`flop_floor_ms`,
+`floor_ratio`) and the per-stage table (`stages`) are `tick_floor`'s; `--find-max` is
+`find_max_sessions`. RSS is compared between the end of
 warm-up and the end of phase 1. Either model family: `--checkpoint` a Moshi-family folder and a
 tick is one 80 ms frame (`tick_ms_*` are then per frame, `realtime` means p99 < 80 ms).
 """
@@ -30,11 +32,13 @@ from foreground.engine.tick_scheduler import TickScheduler
 from foreground.engine.turn_policy import TurnPolicyConfig
 from foreground.family_loader import load_family
 from foreground.kernels.matmul import use_invariant_kernels
+from cluster.bench.tick_floor import matmul_rate_gflops, stage_table, tick_flops
 
 log = logging.getLogger(__name__)
 
 WARMUP_TICKS = 5
 COUNTED_TICKS = 3
+STAGE_TICKS = 10
 
 
 def synthetic_chunks(sessions: int, samples: int, seed: int) -> list[bytes]:
@@ -106,6 +110,11 @@ def run_tick_bench(sessions: int, ticks: int, preset: str = "tiny", checkpoint=N
     use_invariant_kernels(True)
     log.info("fast-path ticks done: p50 %.1f ms", percentile(fast_ms, 50))
 
+    gflops = matmul_rate_gflops()
+    flops = tick_flops(engine, sessions)
+    floor_ms = sum(flops.values()) / gflops / 1e6
+    stages = stage_table(driver.tick, STAGE_TICKS, flops, gflops)
+
     allocations, by_op = 0, {}
     for _ in range(COUNTED_TICKS):
         with count_tensor_allocations() as report:
@@ -132,6 +141,11 @@ def run_tick_bench(sessions: int, ticks: int, preset: str = "tiny", checkpoint=N
         "fast_tick_ms_p50": round(percentile(fast_ms, 50), 2),
         "fast_tick_ms_p99": round(percentile(fast_ms, 99), 2),
         "invariant_overhead_ratio": round(percentile(invariant_ms, 50) / percentile(fast_ms, 50), 3),
+        "matmul_gflops": round(gflops, 1),
+        "tick_gflop": round(sum(flops.values()) / 1e9, 3),
+        "flop_floor_ms": round(floor_ms, 2),
+        "floor_ratio": round(percentile(invariant_ms, 50) / floor_ms, 3),
+        "stages": stages,
         "invariant": invariant,
         "hot_path_allocations": allocations,
         "hot_path_allocations_by_op": by_op,
@@ -140,6 +154,35 @@ def run_tick_bench(sessions: int, ticks: int, preset: str = "tiny", checkpoint=N
         "rss_growth_pct": round(100.0 * (rss_end - rss_start) / rss_start, 3),
         "late_chunks": sum(r.late_chunks for r in engine.slots.records()),
     }
+
+
+def find_max_sessions(ticks: int = 20, preset: str = "tiny", checkpoint=None, turn_policy: str = "hybrid",
+                      limit: int = 1024) -> dict:
+    """The most sessions whose tick p99 stays under one tick (doubling, then bisection)."""
+    def realtime(n: int) -> bool:
+        engine = _new_engine(checkpoint, preset, n, turn_policy)
+        names = [f"probe-{i}" for i in range(n)]
+        for i, name in enumerate(names):
+            engine.join(name, seed=i)
+        driver = _Driver(engine, names, synthetic_chunks(n, engine.shape.samples(16_000), seed=0))
+        for _ in range(WARMUP_TICKS):
+            driver.tick()
+        p99 = percentile([driver.tick() for _ in range(ticks)], 99)
+        log.info("find-max: %d sessions: tick p99 %.1f ms (budget %d ms)", n, p99, engine.shape.tick_ms)
+        probes[n] = round(p99, 2)
+        return p99 < engine.shape.tick_ms
+
+    probes: dict[int, float] = {}
+    good, bad = 0, None
+    n = 1
+    while n <= limit and realtime(n):
+        good, n = n, n * 2
+    bad = n if n <= limit else None
+    while bad is not None and bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if realtime(mid) else (good, mid)
+    return {"bench": "tick", "find_max": True, "max_realtime_sessions": good, "ticks_per_probe": ticks,
+            "threads": torch.get_num_threads(), "probe_tick_ms_p99": {str(k): v for k, v in sorted(probes.items())}}
 
 
 def _replay_alone(checkpoint, preset, names, chunks, digests, ticks: int, policy: str) -> bool:

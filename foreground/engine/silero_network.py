@@ -41,6 +41,14 @@ def _frame_index(window_starts: list[int]) -> Tensor:
     return torch.cat([start + padded[frames].reshape(-1) for start in window_starts])
 
 
+def silero_flops_per_window() -> int:
+    """Matmul FLOPs of one window (STFT basis, the four im2col convs, the LSTM's two
+    projections, the decoder), for `bench tick`'s floor."""
+    macs = (_FRAMES * _FILTER * 2 * _BINS + _FRAMES * 3 * _BINS * HIDDEN + 2 * 3 * HIDDEN * 64
+            + 2 * 64 * 64 + 64 * HIDDEN + 2 * HIDDEN * 4 * HIDDEN + HIDDEN)
+    return 2 * macs
+
+
 class PreallocatedSileroNetwork:
     """Runs `len(window_starts)` consecutive windows for up to `max_slots` slots per call."""
 

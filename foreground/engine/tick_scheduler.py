@@ -32,6 +32,7 @@ from foreground.engine.resampler import Resampler16kTo24k, Resampler24kTo16k
 from foreground.engine.session_slots import SessionRecord, SessionSlots
 from foreground.engine.session_state import PendingResult, SessionState, WovenResult
 from foreground.engine.turn_policy import TurnEvent, TurnPolicyConfig
+from foreground.engine.stage_clock import STAGES
 from foreground.engine.vad import BatchedSileroVad
 from foreground.kernels.matmul import use_invariant_kernels
 from protos.microturn.v1 import events_pb2
@@ -239,6 +240,7 @@ class TickScheduler:
 
     def tick(self) -> list[SessionOutput]:
         started_ns = time.time_ns()
+        STAGES.start()
         with self.slots.lock:
             records = self.slots.records()
             batch = len(records)
@@ -247,14 +249,20 @@ class TickScheduler:
         if not batch:
             self.tick_count += 1
             return []
+        STAGES.lap("engine.gather")
         model_audio = self._resample(batch)
+        STAGES.lap("engine.resample")
         self.vad.speech_prob(self.audio.pcm16k[:batch], out=self.vad_probs[:batch])
+        STAGES.lap("engine.vad")
         self.family.forward(batch, model_audio, self.audio.text_ids[:batch])
+        STAGES.lap("model.forward_rest")
         states = [r.state for r in records]
         decisions = self.family.decide(states, self.tick_count, self.vad_probs[:batch].tolist())
+        STAGES.lap("engine.decide")
         self._voice(batch, decisions)
         outputs = self._collect(records, decisions)
         self.family.end_tick(batch)
+        STAGES.lap("engine.collect")
         self.tick_count += 1
         ended_ns = time.time_ns()
         for out in outputs:
@@ -340,9 +348,11 @@ class TickScheduler:
         for i, decision in enumerate(decisions):
             buf.speaking[i] = decision.speak
         self.family.voice(b, buf.speaking[:b], buf.pcm_out[:b])
+        STAGES.lap("model.voice")
         self.level.apply(buf.pcm_out[:b], buf.speaking[:b, :, 0])
         torch.mul(buf.pcm_out[:b], 32767.0, out=buf.pcm_out[:b]).round_().clamp_(-32768.0, 32767.0)
         buf.pcm16_out[:b].copy_(buf.pcm_out[:b])
+        STAGES.lap("engine.output_level")
 
     def _collect(self, records: list[SessionRecord], decisions) -> list[SessionOutput]:
         text_ids = self.family.output_text_ids(len(records))

@@ -22,7 +22,7 @@ import logging
 import torch
 from torch import Tensor
 
-from foreground.engine.silero_network import CONTEXT, HIDDEN, WINDOW, PreallocatedSileroNetwork
+from foreground.engine.silero_network import CONTEXT, HIDDEN, WINDOW, PreallocatedSileroNetwork, silero_flops_per_window
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ class BatchedSileroVad:
 
     def state_tensors(self) -> list[Tensor]:
         return [self.lstm_state]
+
+    def tick_flops(self, batch: int) -> int:
+        """Matmul FLOPs of one tick for `batch` slots (`bench tick`'s floor)."""
+        return batch * self.windows_per_tick * silero_flops_per_window()
 
     def reset(self, slot: int) -> None:
         self.lstm_state[slot].zero_()

@@ -12,9 +12,10 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from foreground.engine.stage_clock import STAGES
 from foreground.kernels import apply_rotary_, attend_slots, linear, rms_norm
 from foreground.kernels.matmul import pad_rows
-from foreground.kernels.rotary import rotary_inv_freq, rotary_tables_
+from foreground.kernels.rotary import interleave_rotary_rows, rotary_inv_freq, rotary_table_
 from foreground.model.config import ModelConfig
 from foreground.model.moe import MixtralSparseMoe, MoeWorkspace
 
@@ -46,8 +47,11 @@ class MixtralAttention(nn.Module):
         self.o_proj = nn.Linear(h * hd, d, bias=False)
         self.qkv_weight: torch.Tensor | None = None  # fused at prepare()
 
-    def prepare(self) -> None:
-        self.qkv_weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]).detach()
+    def prepare(self, heads: int, kv_heads: int) -> None:
+        """Fuse q, k and v into one matrix, q and k rows interleaved for the rotary multiply."""
+        q = interleave_rotary_rows(self.q_proj.weight, heads)
+        k = interleave_rotary_rows(self.k_proj.weight, kv_heads)
+        self.qkv_weight = torch.cat([q, k, self.v_proj.weight]).detach()
 
 
 class MixtralDecoderLayer(nn.Module):
@@ -90,10 +94,8 @@ class BackboneWorkspace:
         self.attn = torch.zeros(max_slots, kvh, g * tokens, hd)
         self.attn_tokens = torch.zeros(padded, h * hd)
         self.attn_out = torch.zeros(padded, d)
-        self.cos = torch.zeros(max_slots, tokens, 1, hd // 2)
-        self.sin = torch.zeros(max_slots, tokens, 1, hd // 2)
-        self.rot_a = torch.zeros(n, h, hd // 2)
-        self.rot_b = torch.zeros(n, h, hd // 2)
+        self.angles = torch.zeros(max_slots, tokens, 1, hd // 2)
+        self.rotation = torch.zeros(max_slots, tokens, 1, hd // 2, dtype=torch.complex64)
         self.moe = MoeWorkspace(cfg, n)
 
 
@@ -105,7 +107,7 @@ class Backbone:
         self.inv_freq = rotary_inv_freq(cfg.head_dim, cfg.rope_theta)
         self.scale = cfg.head_dim ** -0.5
         for layer in model.layers:
-            layer.self_attn.prepare()
+            layer.self_attn.prepare(cfg.num_attention_heads, cfg.num_key_value_heads)
             layer.block_sparse_moe.prepare()
 
     @torch.inference_mode()
@@ -118,9 +120,10 @@ class Backbone:
         h, kvh, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         g = h // kvh
         x = ws.hidden[:n]
-        cos, sin = ws.cos[:batch, :tokens], ws.sin[:batch, :tokens]
-        rotary_tables_(cache.positions[:batch, :tokens].unsqueeze(-1), self.inv_freq, cos, sin)
-        cos, sin = cos.view(n, 1, hd // 2), sin.view(n, 1, hd // 2)
+        rotation = ws.rotation[:batch, :tokens]
+        rotary_table_(cache.positions[:batch, :tokens].unsqueeze(-1), self.inv_freq, ws.angles[:batch, :tokens],
+                      rotation)
+        rotation = rotation.view(n, 1, hd // 2)
         for i, layer in enumerate(self.model.layers):
             attn = layer.self_attn
             rms_norm(x, layer.input_layernorm.weight, cfg.rms_norm_eps, ws.normed[:n], ws.norm_scratch[:n])
@@ -129,8 +132,8 @@ class Backbone:
             k = ws.k_stage[:n]
             k.copy_(qkv[:, h * hd : (h + kvh) * hd].view(n, kvh, hd))
             ws.v_stage[:n].copy_(qkv[:, (h + kvh) * hd :].view(n, kvh, hd))
-            apply_rotary_(q, cos, sin, ws.rot_a[:n], ws.rot_b[:n])
-            apply_rotary_(k, cos, sin, ws.rot_a[:n, :kvh], ws.rot_b[:n, :kvh])
+            apply_rotary_(q, rotation)
+            apply_rotary_(k, rotation)
             cache.write(i, batch, tokens, k.view(n * kvh, hd), ws.v_stage[:n].view(n * kvh, hd))
             # [B, T, KVH, G, D] -> [B, KVH, G, T, D]: each KV head's queries as one matrix.
             qg = ws.q_grouped[:batch]
@@ -141,7 +144,9 @@ class Backbone:
             ws.attn_tokens[:n].view(batch, tokens, kvh, g, hd).copy_(
                 out.view(batch, kvh, g, tokens, hd).permute(0, 3, 1, 2, 4))
             x.add_(linear(ws.attn_tokens[:rows], attn.o_proj.weight, ws.attn_out[:rows])[:n])
+            STAGES.lap("backbone.attention")
             rms_norm(x, layer.post_attention_layernorm.weight, cfg.rms_norm_eps, ws.normed[:n], ws.norm_scratch[:n])
             layer.block_sparse_moe.step(ws.normed, n, ws.moe, out=ws.attn_out[:n])
             x.add_(ws.attn_out[:n])
+            STAGES.lap("backbone.moe")
         return x

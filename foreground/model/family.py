@@ -14,6 +14,7 @@ import re
 import torch
 
 from foreground.engine.input_validation import InvalidInput
+from foreground.engine.stage_clock import STAGES
 from foreground.model.kv_ring import RingKVCache
 from foreground.engine.model_family import FamilyShape
 from foreground.engine.session_state import SessionState
@@ -22,6 +23,7 @@ from foreground.model.audio_features import DMelFeaturizer
 from foreground.model.config import PAD_ID
 from foreground.model.interaction_model import InteractionModel
 from foreground.model.pitch_salience import PitchSalience
+from foreground.model.tick_flops import reference_tick_flops
 from foreground.model.runner import NOISE_PAGES, ModelRunner, TickInputs, TickOutputs
 from foreground.model.vision import decode_frame
 from foreground.model.vocoder import ChannelVocoder
@@ -133,8 +135,10 @@ class ReferenceFamily:
         b, frames = batch, self.cfg.audio.frames_per_tick
         self.inputs.text_ids[:b].copy_(text_ids)
         self.featurizer.featurize(audio, self.mel.user_log_mel[:b], self.inputs.user_bins[:b])
-        self.pitch.compute(self.featurizer.power_rows(), b * frames, out=self.inputs.user_pitch[:b])
         self.featurizer.quantize(self.mel.prev_out_mel[:b], self.inputs.self_bins[:b])
+        STAGES.lap("model.featuriser")
+        self.pitch.compute(self.featurizer.power_rows(), b * frames, out=self.inputs.user_pitch[:b])
+        STAGES.lap("model.pitch_salience")
         self.cache.plan(b, self.cfg.tokens_per_tick)
         self.runner.step(self.inputs, self.cache, b, self.outputs)
 
@@ -160,6 +164,10 @@ class ReferenceFamily:
         """What a session got this tick, for invariance checks."""
         o = self.outputs
         return [o.text_ids[slot], o.log_mel[slot], o.turn_logits[slot], o.delegate_logit[slot]]
+
+    def tick_flops(self, batch: int) -> dict[str, int]:
+        """Matmul FLOPs per stage of one tick for `batch` sessions (`bench tick`'s floor)."""
+        return reference_tick_flops(self.cfg, batch)
 
     def end_tick(self, batch: int) -> None:
         self.inputs.has_video[:batch].zero_()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from foreground.engine.stage_clock import STAGES
 from foreground.kernels import linear, rms_norm
 from foreground.kernels.matmul import pad_rows
 from foreground.model.audio_head import FlowHeadWorkspace
@@ -113,10 +114,12 @@ class ModelRunner:
     def step(self, inputs: TickInputs, cache: KVCache, batch: int, out: TickOutputs) -> None:
         """One tick for slots 0..batch-1; the cache must be planned for this tick."""
         self._embed(inputs, batch)
+        STAGES.lap("model.embed")
         x = self.backbone.step(self.ws, cache, batch)
         self._heads(x, inputs, batch, out)
         self.turn_detector.step(inputs.user_log_mel[:batch], inputs.user_pitch[:batch], batch,
                                 out.turn_detector_logits[:batch])
+        STAGES.lap("model.turn_detector")
 
     def _embed(self, inputs: TickInputs, b: int) -> None:
         cfg, lay, parts = self.cfg, self.layout, self.parts
@@ -155,14 +158,17 @@ class ModelRunner:
         frame_h, act_h = self.frame_h[:frame_rows], self.act_h[:act_rows]
         logits = linear(frame_h, self.model.lm_head.weight, self.text_logits[:frame_rows])[: b * f]
         torch.argmax(logits, dim=-1, out=out.text_ids[:b].view(b * f))
+        STAGES.lap("model.text_head")
         noise = torch.index_select(self.noise_table, 0, inputs.noise_page[:b], out=self.noise[:b])
         parts.audio_head.sample(frame_h, b * f, noise.view(b * f, c), self.flow_ws,
                                 out=out.log_mel[:b].view(b * f, c))
+        STAGES.lap("model.audio_head")
         turn = linear(act_h, parts.turn_head.weight, self.turn_logits[:act_rows], bias=parts.turn_head.bias)
         out.turn_logits[:b].copy_(turn[:b])
         delegate = linear(act_h, parts.delegate_head.weight, self.delegate_logit[:act_rows],
                           bias=parts.delegate_head.bias)
         out.delegate_logit[:b].copy_(delegate[:b])
+        STAGES.lap("model.act_heads")
 
 
 class BlockLayout:

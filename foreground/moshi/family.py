@@ -18,6 +18,7 @@ import torch
 
 from foreground.engine.input_validation import InvalidInput
 from foreground.engine.model_family import FamilyShape
+from foreground.engine.stage_clock import STAGES
 from foreground.engine.session_state import SessionState
 from foreground.engine.turn_policy import TickDecision, TurnPolicyConfig
 from foreground.moshi.checkpoint import MoshiFolder, load_weights, read_moshi_folder
@@ -28,6 +29,7 @@ from foreground.moshi.mimi_config import MimiConfig
 from foreground.moshi.observed_turns import ObservedTurns, ObservedTurnsConfig
 from foreground.moshi.presets import FRAME_RATE, SAMPLE_RATE
 from foreground.moshi.text_tokenizer import CONTROL_IDS, PieceTextDecoder, load_tokenizer
+from foreground.moshi.tick_flops import lm_flops_per_session, mimi_flops_per_session
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,7 @@ class MoshiFamily:
             self.audio_in = torch.zeros(max_slots, samples)
             self.pcm = torch.zeros(max_slots, samples)
         self._words: list[bool] = []
+        self._mimi_flops: tuple[int, int] | None = None
 
     def slot_parts(self) -> list:
         return [self.mimi, self.streams]
@@ -99,9 +102,11 @@ class MoshiFamily:
         b = batch
         self.audio_in[:b].copy_(audio)
         self.mimi.encode(self.audio_in[:b], out=self.user_codes[:b])
+        STAGES.lap("model.mimi_encode")
         self.forced[:b].copy_(text_ids[:, 0])
         self.streams.step(self.user_codes[:b], self.text[:b], self.audio[:b], self.valid[:b],
                           forced_text=self.forced[:b])
+        STAGES.lap("model.lm")
         self._words = [bool(v) and t not in CONTROL_IDS
                        for t, v in zip(self.text[:b].tolist(), self.valid[:b].tolist(), strict=True)]
 
@@ -123,6 +128,14 @@ class MoshiFamily:
 
     def end_tick(self, batch: int) -> None:
         pass
+
+    def tick_flops(self, batch: int) -> dict[str, int]:
+        """Matmul FLOPs of one frame for `batch` sessions (`foreground.moshi.tick_flops`)."""
+        if self._mimi_flops is None:
+            self._mimi_flops = mimi_flops_per_session(self.codec)
+        encode, decode = self._mimi_flops
+        return {"model.mimi_encode": batch * encode, "model.lm": batch * lm_flops_per_session(self.lm.cfg),
+                "model.voice": batch * decode}
 
 
 def load_models(info: MoshiFolder, dtype: torch.dtype = torch.float32,
