@@ -29,6 +29,7 @@ def replica_settings(config: MicroturnConfig, redis_url: str | None,
         limits=config.limits.model_dump(),
         bind_host=fg.bind_host, gateway_node_ip=gateway_node_ip,
         api_key_hashes=config.auth.api_key_hashes, auth_disabled=config.auth.disabled,
+        tls=config.tls,
     )
 
 

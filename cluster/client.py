@@ -12,6 +12,9 @@ reachable (inside the cluster, or locally).
 
 Every call carries the API key (`authorization: Bearer <key>`): `api_key`, else the one this
 machine's `microturn up` uses (MICROTURN_API_KEY, then its key file: `cluster.local_api_key`).
+Channels use TLS as `tls` says (`cluster.config.TlsConfig`: the CA to verify the gateway with, a
+client certificate for mTLS), else as the CLI's config or `MICROTURN_TLS_*` say
+(`cluster.client_tls`); off: plaintext.
 
 **Reopening.** If the stream fails (the replica holding the session died, a gateway restarted,
 a drained replica went away) the session reopens by itself: a new stream through the gateway
@@ -39,8 +42,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from cluster.client_tls import client_tls
+from cluster.config import TlsConfig
 from cluster.local_api_key import find_api_key
 from protos.api_keys import bearer_metadata
+from protos.tls import open_channel
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb, interaction_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -62,9 +68,10 @@ class StreamEnded(ConnectionError):
 
 
 class InteractionClient:
-    def __init__(self, address: str, api_key: str | None = None) -> None:
+    def __init__(self, address: str, api_key: str | None = None, tls: TlsConfig | None = None) -> None:
         self.address = address
         self.metadata = bearer_metadata(api_key or find_api_key())  # sent with every call
+        self.tls = tls if tls is not None else client_tls()
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def __aenter__(self) -> InteractionClient:
@@ -77,7 +84,7 @@ class InteractionClient:
     def channel(self, address: str | None = None) -> grpc.aio.Channel:
         address = address or self.address
         if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address)
+            self._channels[address] = open_channel(address, self.tls)
         return self._channels[address]
 
     async def open_session(self, **open_fields) -> pb.SessionOpened:

@@ -102,14 +102,65 @@ class ForegroundConfig(Section):
 
 
 class LimitsConfig(Section):
-    """Per-session bounds (foreground/serve/session_limits.py); a request past one fails alone
-    with RESOURCE_EXHAUSTED naming `limits.<key>`."""
+    """Bounds per session, per API key and per event (foreground/serve/session_limits.py,
+    foreground/serve/open_rate.py, protos/event_bus.py); a request past one fails alone with
+    RESOURCE_EXHAUSTED naming `limits.<key>`."""
 
     text_queue_bytes: int = Field(16_384, gt=0, description="text waiting to enter the model, per session")
     tool_requests_per_minute: int = Field(20, gt=0, description="client tool requests per session per minute")
     replay_bytes: int = Field(2 << 20, ge=65_536, description=(
         "server messages kept per session for a resume (cover foreground.resume_grace_s: 48 kB/s of audio)"))
     open_deadline_s: float = Field(10.0, gt=0, description="a stream's opening message must come within this")
+    opens_per_key_per_second: float = Field(4.0, gt=0, description=(
+        "new sessions one API key may open a second, at each gateway and each replica port (resumes are free)"))
+    opens_burst: int = Field(64, gt=0, description=(
+        "opens one API key may make at once before opens_per_key_per_second applies (one replica's slots)"))
+    event_bytes: int = Field(65_536, ge=1024, description=(
+        "one event published to a session's stream (EventBus Publish, Realtime tool outputs) and one "
+        "tool request's arguments"))
+
+
+class TlsConfig(Section):
+    """Optional TLS on every gRPC port and channel and on the Realtime HTTP port (`protos/tls.py`).
+
+    Off while no file is named: plaintext, as on loopback. A server (gateway, replica) presents
+    `cert_file`; a client verifies servers against `ca_file` (unset: the system's CAs) and, for
+    mTLS, presents `client_cert_file` (unset: `cert_file`, so cluster processes use one pair).
+    """
+
+    enabled: bool | None = Field(None, description=(
+        "unset: on when cert_file or ca_file is set; true with neither: a client that trusts the system's CAs"))
+    cert_file: Path | None = Field(None, description="PEM certificate chain servers present (clients too, for mTLS)")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file")
+    ca_file: Path | None = Field(None, description=(
+        "PEM CA bundle: clients verify servers with it; with require_client_cert, servers verify clients"))
+    require_client_cert: bool = Field(False, description="mTLS: servers refuse clients without a cert from ca_file")
+    client_cert_file: Path | None = Field(None, description="the certificate clients present (unset: cert_file)")
+    client_key_file: Path | None = Field(None, description="PEM private key of client_cert_file")
+    server_name: str | None = Field(None, description=(
+        "the name clients expect in server certificates instead of the address's host (replicas are "
+        "reached by pod IP: give the certificate one name and set it here)"))
+
+    @property
+    def on(self) -> bool:
+        if self.enabled is not None:
+            return self.enabled
+        return self.cert_file is not None or self.ca_file is not None
+
+    @field_validator("cert_file", "key_file", "ca_file", "client_cert_file", "client_key_file")
+    @classmethod
+    def _expand_home(cls, path: Path | None) -> Path | None:
+        return path.expanduser() if path is not None else None
+
+    @model_validator(mode="after")
+    def _check(self) -> TlsConfig:
+        for cert, key in (("cert_file", "key_file"), ("client_cert_file", "client_key_file")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"tls.{cert} and tls.{key} go together: set both or neither")
+        if self.require_client_cert and (self.ca_file is None or self.cert_file is None):
+            raise ValueError("tls.require_client_cert needs tls.ca_file (to verify clients) and "
+                             "tls.cert_file/key_file (the server's own)")
+        return self
 
 
 class BackgroundConfig(Section):
@@ -208,6 +259,7 @@ class MicroturnConfig(BaseSettings):
     background: BackgroundConfig = Field(default_factory=BackgroundConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod

@@ -68,14 +68,14 @@ async def run_demo(config: MicroturnConfig, run_dir: Path) -> dict:
         checks = {
             "ready_s": round(ready_s, 2),
             "gateway": endpoints.gateway,
-            "gateway_health": await check_health(endpoints.gateway),
+            "gateway_health": await check_health(endpoints.gateway, tls=config.tls),
             "replica": replica["address"],
-            "replica_health": await check_health(replica["address"]),
+            "replica_health": await check_health(replica["address"], tls=config.tls),
             "slots": replica["max_sessions"],
             "bus_round_trip_ms": await _event_round_trip(endpoints.redis_url, session_id="demo"),
         }
         log.info("holding the conversation through the gateway %s", endpoints.gateway)
-        async with InteractionClient(endpoints.gateway, cluster.api_key) as client:
+        async with InteractionClient(endpoints.gateway, cluster.api_key, tls=config.tls) as client:
             async with client.session() as session:
                 recording = await stream_script(session, track, tail_s=TAIL_S)
         log.info("conversation over; stopping the cluster")

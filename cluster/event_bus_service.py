@@ -6,7 +6,8 @@ directory knows the token until the session closes (tokens compared in constant 
 session's token is PERMISSION_DENIED, a closed session NOT_FOUND, and an open Subscribe ends (OK,
 after the events published before the close) within `LIVENESS_CHECK_S` of its session closing.
 Subscribers resume with the last stream id they saw: no gaps, no duplicates. The API key every
-call also needs is checked before this service sees the call (`protos.api_keys`).
+call also needs is checked before this service sees the call (`protos.api_keys`). An event over
+the bus's `limits.event_bytes` is RESOURCE_EXHAUSTED, naming the limit.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from foreground.serve.session_directory import SessionDirectory
-from protos.event_bus import EventBus
+from protos.event_bus import EventBus, EventTooLarge
 from protos.microturn.v1 import eventbus_pb2 as pb, eventbus_pb2_grpc
 
 LIVENESS_CHECK_S = 1.0  # how often a Subscribe with nothing to send asks whether its session lives
@@ -40,7 +41,10 @@ class EventBusService(eventbus_pb2_grpc.EventBusServicer):
         event.session_id = request.session_id
         if not event.created_unix_ms:
             event.created_unix_ms = int(time.time() * 1000)
-        entry_id, duplicate = await self.bus.publish(event)
+        try:
+            entry_id, duplicate = await self.bus.publish(event)
+        except EventTooLarge as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         return pb.PublishResponse(id=entry_id, duplicate=duplicate)
 
     async def Subscribe(self, request: pb.SubscribeRequest, context) -> AsyncIterator[pb.StreamedEvent]:

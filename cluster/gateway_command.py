@@ -67,15 +67,17 @@ async def run_gateway(config: MicroturnConfig, host: str, port: int, metrics_por
 
         start_http_server(metrics_port, addr=host)
         log.info("gateway metrics on %s:%d/metrics", host, metrics_port)
-    gateway = Gateway(host, port, foreground, redis_url, cluster_api_keys(config))
+    gateway = Gateway(host, port, foreground, redis_url, cluster_api_keys(config), tls=config.tls,
+                      limits=config.limits)
     await gateway.start()
-    print(f"gateway (gRPC: Interaction, EventBus, health, reflection): {gateway.address}", flush=True)
+    print(f"gateway (gRPC: Interaction, EventBus, health, reflection{', TLS' if config.tls.on else ''}): "
+          f"{gateway.address}", flush=True)
     realtime = None
     if config.serve.realtime:
         from cluster.realtime.server import RealtimeServer
 
         realtime = RealtimeServer(host, config.serve.realtime_port_for(port), gateway.address,
-                                  cluster_api_keys(config), gateway.bus)
+                                  cluster_api_keys(config), gateway.bus, tls=config.tls)
         await realtime.start()
         print(f"realtime (OpenAI Realtime WebSocket /v1/realtime, console /): {realtime.url}", flush=True)
 

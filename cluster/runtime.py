@@ -16,12 +16,12 @@ import ray
 from ray import serve
 
 from cluster.app import BACKGROUND_APP, FOREGROUND_APP, build_background_app, build_foreground_app
-from cluster.config import MicroturnConfig
+from cluster.config import MicroturnConfig, TlsConfig
 from cluster.gateway import Gateway
 from cluster.gateway_metrics import serve_metrics
 from cluster.local_api_key import find_api_key, local_api_key
 from cluster.ray_runtime import ray_for, ray_metrics_urls
-from cluster.redis_server import redis_for
+from cluster.redis_server import redacted_url, redis_for
 from protos.api_keys import ApiKeys, hash_api_key
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,13 @@ class Endpoints:
     gateway_metrics: str | None = None  # the gateway's /metrics URL (serve.metrics_port)
     realtime: str | None = None  # the gateway's HTTP URL: /v1/realtime and the console (serve.realtime_port)
     ray_metrics: list[str] = field(default_factory=list)  # each Ray node's metrics agent
+    tls: str = "off"  # how the gateway and replicas serve (`_describe_tls`)
 
     def lines(self) -> list[str]:
         out = [f"gateway (gRPC: Interaction, health, reflection): {self.gateway}",
-               f"redis: {self.redis_url}",
-               f"API key: {self.api_key}"]
+               f"redis: {redacted_url(self.redis_url)}",
+               f"API key: {self.api_key}",
+               f"TLS: {self.tls}"]
         if self.realtime:
             out.append(f"realtime (OpenAI Realtime WebSocket {self.realtime}/v1/realtime, console {self.realtime}/): "
                        f"{self.realtime}")
@@ -95,7 +97,8 @@ class LocalCluster:
         )
         replica = await self.foreground.describe.remote()
         keys = ApiKeys(cfg.auth.api_key_hashes, required=not cfg.auth.disabled)
-        gateway = Gateway(cfg.serve.host, cfg.serve.grpc_port, self.foreground, redis_url, keys)
+        gateway = Gateway(cfg.serve.host, cfg.serve.grpc_port, self.foreground, redis_url, keys,
+                          tls=cfg.tls, limits=cfg.limits)
         await gateway.start()
         self._stack.push_async_callback(gateway.stop)
         realtime_url = None
@@ -103,7 +106,7 @@ class LocalCluster:
             from cluster.realtime.server import RealtimeServer
 
             realtime = RealtimeServer(cfg.serve.host, cfg.serve.realtime_port_for(cfg.serve.grpc_port),
-                                      gateway.address, keys, gateway.bus)
+                                      gateway.address, keys, gateway.bus, tls=cfg.tls)
             await realtime.start()
             self._stack.push_async_callback(realtime.stop)
             realtime_url = realtime.url
@@ -116,7 +119,7 @@ class LocalCluster:
         self.endpoints = Endpoints(gateway=gateway.address, redis_url=redis_url, api_key=key_source,
                                    replicas=[replica],
                                    gateway_metrics=metrics_url, ray_metrics=ray_metrics_urls(),
-                                   realtime=realtime_url)
+                                   realtime=realtime_url, tls=_describe_tls(cfg.tls))
 
     def _with_api_keys(self, config: MicroturnConfig) -> tuple[MicroturnConfig, str]:
         """The config with the keys this cluster accepts, and where clients find theirs. With
@@ -130,3 +133,11 @@ class LocalCluster:
         self.api_key, source = local_api_key(auth.key_file)
         auth = auth.model_copy(update={"api_key_hashes": (hash_api_key(self.api_key),)})
         return config.model_copy(update={"auth": auth}), source
+
+
+def _describe_tls(tls: TlsConfig) -> str:
+    """The endpoints' TLS line: which files, never their contents."""
+    if not tls.on:
+        return "off (plaintext; tls.cert_file and tls.key_file turn it on)"
+    mutual = f", client certificates from {tls.ca_file} required" if tls.require_client_cert else ""
+    return f"on ({tls.cert_file}{mutual})"

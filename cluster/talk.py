@@ -57,7 +57,9 @@ async def run_talk(address: str, out: Path, wav: Path | None = None, direct: boo
                                       input_sample_rate=track.sample_rate) as session:
                 recording = await stream_script(session, track, tail_s=tail_s)
     except grpc.aio.AioRpcError as e:
-        hint = {grpc.StatusCode.UNAVAILABLE: " (is a cluster running? start one with `microturn up`)",
+        hint = {grpc.StatusCode.UNAVAILABLE: " (is a cluster running? start one with `microturn up`; a gateway "
+                                             "that serves TLS needs tls.ca_file, and under mTLS tls.cert_file "
+                                             "and tls.key_file: MICROTURN_TLS_*)",
                 grpc.StatusCode.UNAUTHENTICATED: " (set MICROTURN_API_KEY, or run on the machine of `microturn up`, "
                                                  "which prints where its key is)"}.get(e.code(), "")
         raise TalkError(f"{address}: {e.code().name}: {e.details()}{hint}") from None

@@ -13,8 +13,9 @@ straight to that port, or through a gateway that looks the session up.
 Every replica journals its sessions in Redis (`serve.session_journal`); a routed open that names
 a session whose replica was lost restores it here (`SessionHost`).
 
-That port takes API keys like every entry point (`protos.api_keys`). Under `microturn up` it
-listens on loopback only: the gateway beside it is its one caller there.
+That port takes API keys like every entry point (`protos.api_keys`), and TLS or mTLS when the
+config's `tls` section names certificates (`protos.tls`). Under `microturn up` it listens on
+loopback only: the gateway beside it is its one caller there.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 import ray
@@ -59,6 +61,10 @@ from protos.event_bus import EventBus
 from protos.job_stream import JobStream
 from protos.microturn.v1 import interaction_pb2, interaction_pb2_grpc
 from protos.standard_services import add_standard_services, mark_not_serving, mark_serving
+from protos.tls import add_port
+
+if TYPE_CHECKING:
+    from cluster.config import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +97,7 @@ class ReplicaSettings:
     gateway_node_ip: str | None = None  # `microturn up`'s gateway runs on this node
     api_key_hashes: tuple[str, ...] = ()  # SHA-256 of each accepted API key
     auth_disabled: bool = False
+    tls: TlsConfig | None = None  # the session port's certificates (`tls:` in the config); None: plaintext
 
 
 class ForegroundReplica:
@@ -121,7 +128,7 @@ class ForegroundReplica:
         keys = ApiKeys(settings.api_key_hashes, required=not settings.auth_disabled)
         self.server = grpc.aio.server(interceptors=[ApiKeyInterceptor(keys)])
         host = session_bind_host(settings)
-        port = self.server.add_insecure_port(f"{host}:0")
+        port = add_port(self.server, f"{host}:0", settings.tls)
         advertised = ray.util.get_node_ip_address() if host in ANY_INTERFACE else host
         self.address = f"{advertised}:{port}"
         self.replica_id = _replica_id()
@@ -131,7 +138,7 @@ class ForegroundReplica:
         self.host = SessionHost(engine, HostSettings(
             replica_id=self.replica_id, address=self.address, tick_ms=family.shape.tick_ms,
             idle_timeout_s=settings.idle_timeout_s, resume_grace_s=settings.resume_grace_s,
-            limits=limits), self.directory,
+            limits=limits, tls=settings.tls), self.directory,
             ForegroundMetrics(self.replica_id, family.shape.tick_ms), journal=self.journal)
         if jobs is not None:  # a job Redis would not take reaches its client as an error
             jobs.on_lost = self.host.delegation_failed

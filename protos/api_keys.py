@@ -39,6 +39,24 @@ def bearer_metadata(key: str | None) -> tuple[tuple[str, str], ...]:
     return ((AUTHORIZATION, BEARER + key),) if key else ()
 
 
+def presented_key(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The key a call presents in `authorization: Bearer <key>`; None if none, or malformed."""
+    value = _authorization(metadata)
+    if value is None:
+        return None
+    scheme, _, key = value.strip().partition(" ")
+    if scheme.lower() != BEARER.strip().lower() or not key.strip():  # the scheme is case-insensitive
+        return None
+    return key.strip()
+
+
+def _authorization(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    values = [v for k, v in metadata or () if k == AUTHORIZATION]
+    if not values:
+        return None
+    return values[0] if isinstance(values[0], str) else values[0].decode(errors="replace")
+
+
 class ApiKeys:
     """The keys a server accepts, by digest. With `required=False` every call passes (a
     trusted network: `auth.disabled`); with no digests and `required`, every call is refused."""
@@ -53,14 +71,12 @@ class ApiKeys:
             return None
         if not self.digests:
             return "this server accepts no API key yet: set auth.api_key_hashes (MICROTURN_AUTH_API_KEY_HASHES)"
-        values = [v for k, v in metadata or () if k == AUTHORIZATION]
-        if not values:
+        if _authorization(metadata) is None:
             return f"missing API key: {HOW_TO_SEND}"
-        value = values[0] if isinstance(values[0], str) else values[0].decode(errors="replace")
-        scheme, _, key = value.strip().partition(" ")
-        if scheme.lower() != BEARER.strip().lower() or not key.strip():  # the scheme is case-insensitive
+        key = presented_key(metadata)
+        if key is None:
             return "authorization: expected `Bearer <key>`"
-        presented = hashlib.sha256(key.strip().encode()).digest()
+        presented = hashlib.sha256(key.encode()).digest()
         matched = False
         for digest in self.digests:  # no early exit: every key costs the same
             matched |= hmac.compare_digest(presented, digest)

@@ -8,6 +8,10 @@
   result exactly once however often a worker retried.
 - `mt:jobs`: `Job` messages (field `j`) for the background pool's consumer group `pool`.
 
+A bus made with `max_event_bytes` (the gateway's: `limits.event_bytes`) refuses a larger event
+before it reaches Redis (`EventTooLarge`, naming the limit): what clients publish through the
+EventBus service or the Realtime port is bounded, however large a gRPC or WebSocket message may be.
+
 Foreground, background and the cluster's EventBus gRPC service all use this module; it is
 the one place that knows stream names and encodings.
 """
@@ -38,6 +42,10 @@ return {id, 0}
 """
 
 
+class EventTooLarge(ValueError):
+    """An event over the bus's `max_event_bytes`; the message names the config key."""
+
+
 def events_stream(session_id: str) -> str:
     return f"mt:session:{session_id}:events"
 
@@ -45,13 +53,14 @@ def events_stream(session_id: str) -> str:
 class EventBus:
     """Publish to and read from sessions' event streams."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, max_event_bytes: int | None = None) -> None:
         self.redis = client
+        self.max_event_bytes = max_event_bytes  # None: unbounded (the cluster's own publishers)
         self._publish_once = client.register_script(_PUBLISH_ONCE)
 
     @classmethod
-    def from_url(cls, url: str) -> EventBus:
-        return cls(redis_from_url(url))
+    def from_url(cls, url: str, max_event_bytes: int | None = None) -> EventBus:
+        return cls(redis_from_url(url), max_event_bytes)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -61,10 +70,14 @@ class EventBus:
         `event_id` is not appended again (its first id is returned)."""
         if not event.session_id or not event.event_id:
             raise ValueError("an event needs session_id and event_id")
+        payload = event.SerializeToString()
+        if self.max_event_bytes is not None and len(payload) > self.max_event_bytes:
+            raise EventTooLarge(f"event: {len(payload)} bytes, over {self.max_event_bytes} "
+                                "(limit `limits.event_bytes`)")
         marker = f"mt:event:{event.session_id}:{event.event_id}"
         entry_id, duplicate = await self._publish_once(
             keys=[marker, events_stream(event.session_id)],
-            args=[EVENTS_MAXLEN, event.SerializeToString(), IDEMPOTENCY_TTL_S])
+            args=[EVENTS_MAXLEN, payload, IDEMPOTENCY_TTL_S])
         return (entry_id.decode() if isinstance(entry_id, bytes) else entry_id), bool(duplicate)
 
     async def read(self, streams: dict[str, str], block_ms: int | None = 100,

@@ -16,6 +16,7 @@ import grpc
 import pytest
 import ray
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from inprocess_servers import InProcessReplica, Routed
 
 from cluster.client import InteractionClient
 from cluster.cluster_secrets import cluster_api_keys, refuse_placeholders
@@ -24,30 +25,13 @@ from cluster.gateway import Gateway
 from cluster.health_probe import check_health
 from cluster.local_api_key import find_api_key, local_api_key
 from cluster.runtime import LocalCluster
-from foreground.deployment import ForegroundReplica, ReplicaSettings, session_bind_host
+from foreground.deployment import ReplicaSettings, session_bind_host
 from protos.api_keys import ApiKeys, bearer_metadata, hash_api_key
 from protos.microturn.v1 import eventbus_pb2 as bus_pb, eventbus_pb2_grpc, events_pb2
 from protos.microturn.v1 import interaction_pb2 as pb, interaction_pb2_grpc
 
 pytestmark = pytest.mark.timeout(90)
 KEY = "mt_test-key-for-this-module"
-
-
-class _Replica(ForegroundReplica):
-    """A replica whose drain the fixture awaits itself: Serve calls the async `__del__`, the
-    garbage collector must not."""
-
-    stop = ForegroundReplica.__del__
-
-    def __del__(self) -> None:
-        pass
-
-
-class _Routed:
-    """What the gateway calls on the foreground app's handle, without Serve: this replica."""
-
-    def __init__(self, replica: ForegroundReplica) -> None:
-        self.open_session = SimpleNamespace(remote=replica.open_session)
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +42,8 @@ def servers(redis_server):
         settings = ReplicaSettings(max_sessions=4, redis_url=redis_server.url, threads=1,
                                    gateway_node_ip=ray.util.get_node_ip_address(),  # as `microturn up` says
                                    api_key_hashes=(hash_api_key(KEY),))
-        replica = _Replica.__new__(_Replica)  # Serve awaits this async __init__
-        await replica.__init__(settings)
-        gateway = Gateway("127.0.0.1", 0, _Routed(replica), redis_server.url, ApiKeys([hash_api_key(KEY)]))
+        replica = await InProcessReplica.start(settings)
+        gateway = Gateway("127.0.0.1", 0, Routed(replica), redis_server.url, ApiKeys([hash_api_key(KEY)]))
         await gateway.start()
         return replica, gateway
 

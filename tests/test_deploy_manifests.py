@@ -347,6 +347,39 @@ def test_external_redis_component_leaves_only_the_url(tmp_path):
     assert secret_ref_errors(docs) == [] and "url" in secret_values(docs)["microturn-redis"]
 
 
+def test_tls_component_mounts_one_certificate_wherever_tls_is_served(tmp_path, clean_env):
+    from cluster.config import load_config
+
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(TARGETS["gpu-moshi"], tmp_path)],  # an overlay with volumes of its own
+        "components": [os.path.relpath(DEPLOY / "components" / "tls", tmp_path)]}))
+    docs = render(tmp_path)
+    assert rayservice_errors(rayservice(docs)) == [] and secret_ref_errors(docs) == []
+    assert [error for doc in docs if doc["kind"] in CORE_KINDS for error in core_errors(doc)] == []
+    gateway = named(docs, "Deployment", "microturn-gateway")
+    pods = [("gateway", gateway["spec"]["template"]), *pod_templates(rayservice(docs))]
+    for where, template in pods:
+        container = containers(template)[0]
+        env = {k: v for k, v in filled_in(container_env(docs, container)).items() if k.startswith("MICROTURN_")}
+        for key, value in env.items():
+            clean_env.setenv(key, value)
+        tls = load_config().tls
+        for key in env:
+            clean_env.delenv(key)
+        assert tls.on and not tls.require_client_cert and tls.server_name == "microturn-gateway.microturn.svc", where
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        files = {f"{mounts['tls']}/{item['path']}" for item in volumes["tls"]["secret"]["items"]}
+        assert {str(tls.cert_file), str(tls.key_file), str(tls.ca_file)} == files, where
+    assert "models" in {v["name"] for v in groups(docs)["foreground"]["template"]["spec"]["volumes"]}
+    probes = [gateway["spec"]["template"]["spec"]["containers"][0][p] for p in ("startupProbe", "readinessProbe",
+                                                                                "livenessProbe")]
+    assert all("grpc" not in probe and probe["tcpSocket"] == {"port": "grpc"} for probe in probes)
+    settings = built_app(docs, "foreground", clean_env).init_args[0]  # what each replica serves with
+    assert settings.tls.on and str(settings.tls.cert_file) == "/etc/microturn/tls/tls.crt"
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_dashboard_is_provisioned(rendered, target):
     files = sorted(p.name for p in DASHBOARDS.glob("*.json"))

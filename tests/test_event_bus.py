@@ -1,4 +1,5 @@
-"""The event bus: idempotent publish, bounded streams, resume without gaps, token checks over gRPC."""
+"""The event bus: idempotent publish, bounded streams, resume without gaps, token checks over gRPC,
+events bounded in bytes (`limits.event_bytes`)."""
 
 import asyncio
 import uuid
@@ -9,10 +10,11 @@ import redis
 
 from cluster.event_bus_service import EventBusService
 from foreground.serve.session_directory import SessionDirectory, SessionLocation
-from protos.event_bus import EVENTS_MAXLEN, EventBus, events_stream
+from protos.event_bus import EVENTS_MAXLEN, EventBus, EventTooLarge, events_stream
 from protos.microturn.v1 import eventbus_pb2 as bus_pb, eventbus_pb2_grpc, events_pb2
 
 pytestmark = pytest.mark.timeout(60)
+EVENT_BYTES = 4096  # the gRPC service's bus below: `limits.event_bytes`
 
 
 def _event(session_id: str, event_id: str, text: str = "x") -> events_pb2.Event:
@@ -82,7 +84,7 @@ def bus_service(redis_server):
         await directory.record(SessionLocation(session, "replica-1", "127.0.0.1:1", token))
         server = grpc.aio.server()
         eventbus_pb2_grpc.add_EventBusServicer_to_server(
-            EventBusService(EventBus.from_url(redis_server.url), directory), server)
+            EventBusService(EventBus.from_url(redis_server.url, max_event_bytes=EVENT_BYTES), directory), server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         return server, port
@@ -138,3 +140,31 @@ def test_grpc_subscribe_resumes_after_the_last_seen_id(bus_service):
 
     ids, got = loop.run_until_complete(main())
     assert got == ids[1:]
+
+
+def test_an_event_over_the_byte_limit_is_refused_naming_it_and_nothing_is_appended(bus_service, redis_server):
+    loop, address, session, token = bus_service
+
+    async def main():
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = eventbus_pb2_grpc.EventBusStub(channel)
+            fits = await stub.Publish(bus_pb.PublishRequest(
+                session_id=session, token=token, event=_event(session, "fits", text="x" * (EVENT_BYTES - 100))))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Publish(bus_pb.PublishRequest(
+                    session_id=session, token=token, event=_event(session, "big", text="x" * EVENT_BYTES)))
+        unbounded = EventBus.from_url(redis_server.url)  # the cluster's own publishers (the pool's results)
+        bounded = EventBus.from_url(redis_server.url, max_event_bytes=EVENT_BYTES)
+        try:
+            await unbounded.publish(_event(session, "pool", text="x" * EVENT_BYTES))
+            with pytest.raises(EventTooLarge, match="limits.event_bytes"):
+                await bounded.publish(_event(session, "direct", text="x" * EVENT_BYTES))
+        finally:
+            await unbounded.close()
+            await bounded.close()
+        return fits, refused.value
+
+    fits, refused = loop.run_until_complete(main())
+    assert fits.id and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limits.event_bytes" in refused.details() and f"over {EVENT_BYTES}" in refused.details()
+    assert redis.Redis.from_url(redis_server.url).xlen(events_stream(session)) == 2  # "fits" and "pool"

@@ -108,7 +108,8 @@ class Replica:
                                     text_queue_bytes=1 << 20)  # the queue's own limit: test_session_limits
         self.host = SessionHost(self.engine, HostSettings(
             "fuzzed", "127.0.0.1:0", resume_grace_s=3.0,
-            limits=SessionLimits(tool_requests_per_minute=TOOLS_PER_MINUTE, open_deadline_s=3.0)))
+            limits=SessionLimits(tool_requests_per_minute=TOOLS_PER_MINUTE, open_deadline_s=3.0,
+                                 opens_per_key_per_second=1000.0)))  # fuzzing opens a session an example
         self.pool.host = self.host
         await self.host.start()
         self.server = grpc.aio.server(interceptors=[ApiKeyInterceptor(ApiKeys([hash_api_key(KEY)]))])

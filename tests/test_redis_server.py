@@ -1,5 +1,5 @@
 """The embedded Redis is a real server: AOF, streams, consumer groups, XAUTOCLAIM; it stops
-clean; killed, it comes back on its port with its data."""
+clean; killed, it comes back on its port with its data and its password."""
 
 import os
 import signal
@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from cluster.config import RedisConfig
-from cluster.redis_server import redis_for
+from cluster.redis_server import redacted_url, redis_for
 
 
 def _alive(pid: int) -> bool:
@@ -79,3 +79,34 @@ def test_embedded_server_lives_for_the_block():
         pid = client.info("server")["process_id"]
         client.close()
     assert not _alive(pid)
+
+
+@pytest.mark.timeout(30)
+def test_the_embedded_server_needs_its_password_which_survives_a_restart(private_redis):
+    server = private_redis()
+    assert server.url.startswith(f"redis://:{server.password}@127.0.0.1:{server.port}/")
+    assert server.password not in " ".join(server.process.args)  # given on stdin: `ps` does not show it
+    assert redacted_url(server.url) == f"redis://:***@127.0.0.1:{server.port}/0"  # what logs and `up` print
+    assert redacted_url("redis://redis.microturn:6379/0") == "redis://redis.microturn:6379/0"
+
+    def refused() -> bool:
+        client = redis.Redis(port=server.port, socket_connect_timeout=1)
+        try:
+            client.ping()
+        except redis.AuthenticationError:  # redis-py asks with HELLO; the server wants AUTH first
+            return True
+        except redis.ResponseError as e:
+            return "NOAUTH" in str(e)
+        finally:
+            client.close()
+        return False
+
+    assert refused()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=server.port, password="not-the-password").ping()
+    os.kill(server.pid, signal.SIGKILL)
+    began = time.monotonic()
+    while server.restarts == 0:
+        assert time.monotonic() - began < 2.0, "not restarted within 2 s"
+        time.sleep(0.02)
+    assert refused() and redis.Redis.from_url(server.url).ping()  # the same password, the same URL

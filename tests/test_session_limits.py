@@ -70,6 +70,21 @@ def test_tool_requests_past_the_rate_fail_alone(model):
     asyncio.run(main())
 
 
+def test_tool_arguments_past_the_event_limit_fail_alone_and_do_not_count(model):
+    async def main():
+        engine = TickScheduler(ReferenceFamily(model), max_slots=1, turn=TurnPolicyConfig())
+        limits = SessionLimits(event_bytes=2048, tool_requests_per_minute=1)
+        host = SessionHost(engine, HostSettings("r", "127.0.0.1:1", limits=limits))
+        session, _ = await host.open(pb.SessionOpen())
+        with pytest.raises(LimitExceeded, match="limits.event_bytes") as refused:
+            host.request_tool(session, "calculator", '{"expression": "%s"}' % ("1+" * 1500 + "1"))
+        assert refused.value.field == "tool_request.arguments_json" and refused.value.code == "RESOURCE_EXHAUSTED"
+        host.request_tool(session, "clock", "{}")  # the refused one took nothing from the rate
+        assert len(engine.jobs.jobs) == 1
+
+    asyncio.run(main())
+
+
 def test_a_stream_that_never_sends_its_opening_message_is_ended(model):
     async def main():
         engine = TickScheduler(ReferenceFamily(model), max_slots=1, turn=TurnPolicyConfig())

@@ -11,6 +11,9 @@ else silence, as a microphone whose samples have not arrived yet would.
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass
+
 import numpy as np
 
 FORMATS = ("audio/pcm", "audio/pcmu", "audio/pcma")
@@ -138,6 +141,15 @@ class BufferFull(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class AudioSource:
+    """The client event that carried a chunk's last byte, and when the bridge had it: what
+    `bench load --via realtime` needs to tell which of its appends a tick used."""
+
+    event_id: str | None
+    received_unix_ns: int
+
+
 class InputBuffer:
     """The client's audio (24 kHz PCM16) waiting to be sent, one chunk per tick.
 
@@ -155,15 +167,20 @@ class InputBuffer:
         self._flush = False
         self.appended_since_commit = 0  # bytes
         self.silent_chunks = 0  # chunks of silence sent while the client had nothing whole
+        self.last_source: AudioSource | None = None  # of the latest chunk `take()` gave, None: silence
+        self._sources: deque[tuple[int, AudioSource]] = deque()  # (end offset in `_consumed` terms, source)
+        self._consumed = 0  # bytes that ever left `_data` (taken or cleared)
 
     def __len__(self) -> int:
         return len(self._data)
 
-    def append(self, pcm16: bytes) -> None:
+    def append(self, pcm16: bytes, source: AudioSource | None = None) -> None:
         if len(self._data) + len(pcm16) > self.max_bytes:
             raise BufferFull(f"more than {self.max_bytes // 2 / PCM_RATE:.0f} s of audio is waiting to be "
                              "streamed; send audio at real-time pace")
         self._data += pcm16
+        if source is not None and pcm16:
+            self._sources.append((self._consumed + len(self._data), source))
         self._fresh = True
         self.appended_since_commit += len(pcm16)
 
@@ -173,6 +190,8 @@ class InputBuffer:
         self.appended_since_commit = 0
 
     def clear(self) -> None:
+        self._consumed += len(self._data)
+        self._sources.clear()
         self._data.clear()
         self._flush = False
         self.appended_since_commit = 0
@@ -181,11 +200,25 @@ class InputBuffer:
         n = self.chunk_bytes
         if len(self._data) >= n or (self._data and (self._flush or not self._fresh)):
             chunk = bytes(self._data[:n]).ljust(n, b"\0")
+            self._consumed += min(n, len(self._data))
             del self._data[:n]
             if not self._data:
                 self._flush = False
+            self.last_source = self._source_of_last_byte()
         else:
             chunk = bytes(n)
             self.silent_chunks += bool(self._data)
+            self.last_source = None
         self._fresh = False
         return chunk
+
+    def _source_of_last_byte(self) -> AudioSource | None:
+        """The source of the byte just before `_consumed`; sources wholly taken are dropped."""
+        while self._sources and self._sources[0][0] < self._consumed:
+            self._sources.popleft()
+        if not self._sources:
+            return None
+        end, source = self._sources[0]
+        if end == self._consumed:
+            self._sources.popleft()
+        return source

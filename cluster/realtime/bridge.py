@@ -36,6 +36,13 @@ With `extensions` (the console asks for them: `?microturn_events=1`), microturn'
 out too, as `microturn.*` types the SDKs pass through untouched: `microturn.session`,
 `microturn.turn` (every turn event with its cause), `microturn.latency`, `microturn.ui`
 (ui.render components), `microturn.transcript`, `microturn.woven`.
+
+With `timing` (`?microturn_timing=1`: what `microturn bench load --via realtime` asks for),
+every tick's timing goes out as well, so a client can take the serving overhead apart as a
+gRPC client does with `AudioOut.timing`: on the `response.output_audio.delta` as an extra field
+`microturn_timing` (the SDKs ignore unknown fields), or as a `microturn.tick` event when the
+tick sends no delta. It says which client event carried the chunk's last byte and when the
+bridge had it, when the pacer sent the chunk, and when the replica received it and ran the tick.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ from typing import Any
 
 import grpc
 
-from cluster.realtime.audio import PCM_RATE, AudioDecoder, AudioEncoder, BufferFull, InputBuffer
+from cluster.realtime.audio import PCM_RATE, AudioDecoder, AudioEncoder, AudioSource, BufferFull, InputBuffer
 from cluster.realtime.protocol import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -81,6 +88,7 @@ CLOSE_WAIT_S = 2.0  # for the replica's `closed` after the client left
 MAX_TEXT_BYTES = 4096  # foreground.engine.input_validation.MAX_TEXT_BYTES
 JPEG_PREFIX = "data:image/jpeg;base64,"
 CATCH_UP_TICKS = 4  # the pacer sends missed chunks up to this many at once, else restarts its clock
+SOURCES_KEPT = 64  # chunks whose source the bridge remembers for `timing` (a tick uses a recent one)
 
 Kind = pb.TurnEvent.Kind
 SendEvent = Callable[[dict[str, Any]], Awaitable[None]]
@@ -97,11 +105,13 @@ class BridgeClosed(Exception):
 
 class RealtimeBridge:
     def __init__(self, send: SendEvent, connect: Callable[..., Any], publish: Publish | None = None,
-                 extensions: bool = False, model: str = "microturn") -> None:
+                 extensions: bool = False, model: str = "microturn", timing: bool = False) -> None:
         self._send = send
         self._connect = connect  # (**SessionOpen fields) -> async context manager of a ClientSession
         self._publish = publish
         self.extensions = extensions
+        self.timing = timing
+        self.chunk_sources: dict[int, AudioSource] = {}  # pacer seq -> its source (with `timing`)
         self.session = RealtimeSession(id=new_id("sess"), model=model or "microturn")
         self.decoder = AudioDecoder(self.session.input_format)
         self.encoder = AudioEncoder(self.session.output_format)
@@ -243,17 +253,18 @@ class RealtimeBridge:
         await self.emit("session.updated", session=self.session.describe())
 
     async def _on_input_audio_buffer_append(self, event) -> None:
-        self._append_audio(event.audio, "audio")
+        self._append_audio(event.audio, "audio", event.event_id)
         if self.upstream is None:
             await self.ensure_open()
 
-    def _append_audio(self, audio_b64: str, param: str) -> None:
+    def _append_audio(self, audio_b64: str, param: str, event_id: str | None = None) -> None:
         try:
             data = base64.b64decode(audio_b64, validate=True)
         except (binascii.Error, ValueError) as e:
             raise ProtocolError(f"{param}: not valid base64 ({e})", param) from None
         try:
-            self.buffer.append(self.decoder(data))
+            pcm = self.decoder(data)
+            self.buffer.append(pcm, AudioSource(event_id, time.time_ns()))
         except BufferFull as e:
             raise ProtocolError(f"{param}: {e}", param, "input_audio_buffer_full") from None
         except ValueError as e:
@@ -455,7 +466,9 @@ class RealtimeBridge:
             t = message.transcript
             await self.extension("transcript", role=t.role, text=t.text, final=t.final)
         elif kind == "woven":
-            await self.extension("woven", job_id=message.woven.job_id, event_id=message.woven.event_id)
+            w = message.woven
+            await self.extension("woven", job_id=w.job_id, event_id=w.event_id, published_unix_ns=w.published_unix_ns,
+                                 received_unix_ns=w.received_unix_ns, woven_unix_ns=w.woven_unix_ns)
         elif kind == "error":
             e = message.error
             error_type = "invalid_request_error" if e.code == "INVALID_ARGUMENT" else "server_error"
@@ -475,13 +488,27 @@ class RealtimeBridge:
             await self._speak()
         elif "barge_in_seq" in self.marks:
             await self._stop_latency(self.marks.pop("barge_in_seq"), message.tick)
+        timing = self._tick_timing(audio.timing) if self.timing else None
         response = self.response
-        if response is None or not response.speaking or self.muted:
+        if response is None or not response.speaking or self.muted or self.session.modality != "audio":
+            if timing is not None:
+                await self.emit("microturn.tick", **timing)
             return
-        if self.session.modality == "audio":
-            pcm = self.encoder(audio.pcm16)
-            response.audio_bytes += len(pcm)
-            await self.send(response.audio_delta(base64.b64encode(pcm).decode()))
+        pcm = self.encoder(audio.pcm16)
+        response.audio_bytes += len(pcm)
+        delta = response.audio_delta(base64.b64encode(pcm).decode())
+        if timing is not None:
+            delta["microturn_timing"] = timing
+        await self.send(delta)
+
+    def _tick_timing(self, timing: pb.TickTiming) -> dict[str, Any]:
+        """What this tick used and when (wall-clock ns; see the module docstring)."""
+        source = self.chunk_sources.get(timing.input_seq)
+        return {"input_seq": timing.input_seq, "input_event_id": source.event_id if source else None,
+                "append_received_unix_ns": source.received_unix_ns if source else None,
+                "chunk_sent_unix_ns": self.upstream.sent_ns.get(timing.input_seq),
+                "chunk_received_unix_ns": timing.input_received_unix_ns,
+                "tick_started_unix_ns": timing.tick_started_unix_ns, "tick_ended_unix_ns": timing.tick_ended_unix_ns}
 
     async def _on_turn(self, tick: int, turn: pb.TurnEvent) -> None:
         kind = Kind.Name(turn.kind)
@@ -584,8 +611,13 @@ class RealtimeBridge:
                 await asyncio.sleep(delay)
             elif delay < -CATCH_UP_TICKS * period:  # stalled for long: do not burst, start again
                 t0 = time.monotonic() - seq * period
+            chunk = self.buffer.take()
+            if self.timing:
+                self.chunk_sources.pop(seq - SOURCES_KEPT, None)
+                if self.buffer.last_source is not None:
+                    self.chunk_sources[seq] = self.buffer.last_source
             try:
-                await upstream.send_audio(self.buffer.take(), seq=seq, sample_rate=PCM_RATE)
+                await upstream.send_audio(chunk, seq=seq, sample_rate=PCM_RATE)
             except Exception:  # noqa: BLE001 - the session failed: the pump says why and ends it
                 return
 

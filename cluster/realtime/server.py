@@ -6,15 +6,20 @@ own gRPC port with the client's key, as any SDK client would. The key is checked
 upgrade against the gateway's `ApiKeys` (a wrong or missing one: HTTP 401, nothing upgraded):
 `Authorization: Bearer <key>` (the SDKs), or, for browsers, which cannot set headers on a
 WebSocket, the subprotocol `openai-insecure-api-key.<key>` as OpenAI's own server takes it.
-`?microturn_events=1` adds microturn's own `microturn.*` events (the console asks for them).
+`?microturn_events=1` adds microturn's own `microturn.*` events (the console asks for them);
+`?microturn_timing=1` adds each tick's timing (`bench load --via realtime` asks for it).
 
 `/` serves the console (`cluster/console/`: plain HTML, JS and CSS); `/healthz` answers "ok".
+
+With the config's `tls` on, the port serves HTTPS and WSS with the gateway's certificate (under
+mTLS it asks for client certificates too), and reaches the gateway over TLS (`protos.tls`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,9 +27,11 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from cluster.client import InteractionClient
+from cluster.config import TlsConfig
 from cluster.realtime.bridge import RealtimeBridge
 from protos.api_keys import AUTHORIZATION, BEARER, ApiKeys
 from protos.event_bus import EventBus
+from protos.tls import server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +56,9 @@ class RealtimeServer:
     """`await start()`, `await stop()`; `url` is where it listens."""
 
     def __init__(self, host: str, port: int, gateway_address: str, api_keys: ApiKeys,
-                 bus: EventBus | None = None) -> None:
+                 bus: EventBus | None = None, tls: TlsConfig | None = None) -> None:
         self.host, self.port = host, port
+        self.tls = tls if tls is not None else TlsConfig()  # the gateway's: served here, used to reach it
         gateway_host, _, gateway_port = gateway_address.rpartition(":")
         self.gateway_address = f"127.0.0.1:{gateway_port}" if gateway_host in WILDCARD_HOSTS else gateway_address
         self.api_keys, self.bus = api_keys, bus
@@ -65,9 +73,10 @@ class RealtimeServer:
         self.url = ""
 
     async def start(self) -> None:
+        ssl_context = server_ssl_context(self.tls)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as e:
@@ -75,7 +84,7 @@ class RealtimeServer:
             raise RuntimeError(f"the realtime server could not bind {self.host}:{self.port} "
                                f"(serve.realtime_port in use?): {e}") from e
         self.port = self._runner.addresses[0][1]
-        self.url = f"http://{self.host}:{self.port}"
+        self.url = f"{'https' if ssl_context else 'http'}://{self.host}:{self.port}"
         log.info("realtime (OpenAI Realtime /v1/realtime, console /) on %s", self.url)
 
     async def stop(self) -> None:
@@ -105,7 +114,8 @@ class RealtimeServer:
         await ws.prepare(request)
         self._connections.add(ws)
         extensions = request.query.get("microturn_events", "") in ("1", "true", "yes")
-        client = InteractionClient(self.gateway_address, api_key=key)
+        timing = request.query.get("microturn_timing", "") in ("1", "true", "yes")
+        client = InteractionClient(self.gateway_address, api_key=key, tls=self.tls)
 
         async def send(event: dict) -> None:
             if not ws.closed:
@@ -113,8 +123,11 @@ class RealtimeServer:
                     await ws.send_json(event)
 
         try:
-            bridge = RealtimeBridge(send, client.session, self._publish if self.bus else None,
-                                    extensions=extensions, model=request.query.get("model", "microturn"))
+            # Straight to the replica after the routed open, as the gateway's own relay does:
+            # one gRPC hop from here instead of two (this process's relay, then the replica).
+            bridge = RealtimeBridge(send, functools.partial(client.session, direct=True), self._publish if self.bus else None,
+                                    extensions=extensions, model=request.query.get("model", "microturn"),
+                                    timing=timing)
             ended = await bridge.run(_texts(ws))
             if not ws.closed:
                 await ws.close(code=ended.code, message=ended.reason[:120].encode())

@@ -4,7 +4,8 @@ the replica that holds its slot.
 Errors: a bad first message or an unknown session fails the RPC (INVALID_ARGUMENT,
 NOT_FOUND, PERMISSION_DENIED; RESOURCE_EXHAUSTED with a `retry-after-ms` trailer when every
 slot is taken; UNAVAILABLE when Redis is down and the session cannot be recorded;
-DEADLINE_EXCEEDED when no opening message comes within `limits.open_deadline_s`). An open that
+DEADLINE_EXCEEDED when no opening message comes within `limits.open_deadline_s`; RESOURCE_EXHAUSTED
+when the API key opens new sessions faster than `limits.opens_per_key_per_second`). An open that
 names a session this replica does not hold restores it from its journal if its replica was lost
 (`SessionHost`; UNAVAILABLE if that replica is alive after all). A bad
 chunk later in the stream fails only that chunk: an `Error` message with code
@@ -25,6 +26,7 @@ from google.protobuf.message import DecodeError
 from foreground.engine.input_validation import InvalidInput
 from foreground.engine.session_slots import SessionsFull, UnknownSession
 from foreground.serve.live_session import LiveSession
+from foreground.serve.open_rate import OpenRate
 from foreground.serve.session_host import BusUnavailable, SessionElsewhere, SessionHost, SessionNotFound, WrongToken
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb, interaction_pb2_grpc
 
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 class ReplicaInteractionService(interaction_pb2_grpc.InteractionServicer):
     def __init__(self, host: SessionHost) -> None:
         self.host = host
+        limits = host.settings.limits
+        self.open_rate = OpenRate(limits.opens_per_key_per_second, limits.opens_burst)
 
     async def OpenSession(self, request: pb.SessionOpen, context: grpc.aio.ServicerContext) -> pb.SessionOpened:
         session, resumed = await self._open(request, context)
@@ -71,6 +75,8 @@ class ReplicaInteractionService(interaction_pb2_grpc.InteractionServicer):
             session.detach(outbox)
 
     async def _open(self, request: pb.SessionOpen, context) -> tuple[LiveSession, bool]:
+        if not request.session_id:  # a new session; a resume holds its slot already
+            await self.open_rate.admit(context)
         try:
             return await self.host.open(request)
         except SessionsFull as e:

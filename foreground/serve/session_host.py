@@ -31,10 +31,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
-from foreground.engine.input_validation import InvalidInput
+from foreground.engine.input_validation import InvalidInput, LimitExceeded
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_loop import TickLoop
 from foreground.engine.tick_scheduler import SessionOutput, TickScheduler, WovenResult
@@ -45,6 +46,9 @@ from foreground.serve.session_directory import SessionDirectory, SessionLocation
 from foreground.serve.session_journal import JournalEntry, SessionJournal, SessionSnapshot, port_serving
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb
 from protos.redis_client import OutageBackoff
+
+if TYPE_CHECKING:
+    from cluster.config import TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,7 @@ class HostSettings:
     resume_grace_s: float = 15.0  # a session without a stream keeps its slot this long
     go_away_retry_ms: int = 1000
     limits: SessionLimits = field(default_factory=SessionLimits)
+    tls: TlsConfig | None = None  # how to reach other replicas' session ports (`protos.tls`)
 
 
 class SessionHost:
@@ -239,7 +244,7 @@ class SessionHost:
                     return False
             except Exception as e:  # Redis is flaky: the probe decides alone
                 log.warning("could not read replica %s's heartbeat: %s", entry.replica, e)
-        return await port_serving(entry.address)
+        return await port_serving(entry.address, tls=self.settings.tls)
 
     @staticmethod
     async def _journal_call(call):
@@ -326,7 +331,11 @@ class SessionHost:
 
     def request_tool(self, session: LiveSession, tool: str, arguments_json: str) -> str:
         """A client asked for a tool by name: hand the job to the background pool (at most
-        `limits.tool_requests_per_minute` of them: each is background work and a result)."""
+        `limits.tool_requests_per_minute` of them: each is background work and a result; its
+        arguments at most `limits.event_bytes`, as any event on the bus)."""
+        size, limit = len(arguments_json.encode()), self.settings.limits.event_bytes
+        if size > limit:
+            raise LimitExceeded("tool_request.arguments_json", "event_bytes", f"{size} bytes, over {limit}")
         session.tool_requests.take("tool_request", "tool_requests_per_minute")
         job = self.engine.request_tool(session.session_id, tool, arguments_json)
         if self.metrics:

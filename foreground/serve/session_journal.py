@@ -50,6 +50,7 @@ import asyncio
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 import redis.asyncio as aioredis
@@ -57,6 +58,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.microturn.v1 import interaction_pb2 as pb
 from protos.redis_client import redis_from_url
+from protos.tls import open_channel
+
+if TYPE_CHECKING:
+    from cluster.config import TlsConfig
 
 JOURNAL_TTL_S = 60  # refreshed at every write; a dead replica's sessions can be reopened this long
 TAIL_MESSAGES = 256
@@ -307,13 +312,14 @@ class SessionJournal:
         return bool(claimed)
 
 
-async def port_serving(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+async def port_serving(address: str, timeout_s: float = PROBE_TIMEOUT_S, tls: TlsConfig | None = None) -> bool:
     """Whether a replica's session port answers grpc.health.v1 with SERVING (health checks
-    need no API key). A refused connection, a timeout or NOT_SERVING (draining) say no."""
+    need no API key; `tls` as the ports have it). A refused connection, a failed handshake, a
+    timeout or NOT_SERVING (draining) say no."""
     if not address:
         return False
     try:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with open_channel(address, tls) as channel:
             reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
                                                                     timeout=timeout_s)
     except (grpc.aio.AioRpcError, asyncio.TimeoutError, OSError):

@@ -21,6 +21,9 @@ class SessionLimits:
     tool_requests_per_minute: int = 20
     replay_bytes: int = 2 << 20  # server messages kept for a resume: covers the resume grace
     open_deadline_s: float = 10.0  # a stream must send its opening message within this
+    opens_per_key_per_second: float = 4.0  # new sessions per API key, after a burst (`open_rate`)
+    opens_burst: int = 64
+    event_bytes: int = 65_536  # one event a session publishes; one tool request's arguments
 
 
 class RateWindow:
