@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 
 import ray
@@ -15,23 +17,40 @@ log = logging.getLogger(__name__)
 
 
 def start_ray(config: RayConfig) -> None:
-    """Connect this process to Ray (idempotent)."""
+    """Connect this process to Ray (idempotent), keeping a SIGTERM handler of its own."""
     if ray.is_initialized():
         return
-    if config.address:
-        log.info("joining Ray at %s", config.address)
-        ray.init(address=config.address, logging_level=logging.WARNING)
-        return
-    num_cpus = config.num_cpus or os.cpu_count() or 1
-    log.info("starting a local Ray with %d CPUs", num_cpus)
-    ray.init(
-        num_cpus=num_cpus,
-        num_gpus=0,
-        object_store_memory=config.object_store_mb * 1024 * 1024,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
+    with _own_sigterm_handler_kept():
+        if config.address:
+            log.info("joining Ray at %s", config.address)
+            ray.init(address=config.address, logging_level=logging.WARNING)
+            return
+        num_cpus = config.num_cpus or os.cpu_count() or 1
+        log.info("starting a local Ray with %d CPUs", num_cpus)
+        ray.init(
+            num_cpus=num_cpus,
+            num_gpus=0,
+            object_store_memory=config.object_store_mb * 1024 * 1024,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+
+
+@contextlib.contextmanager
+def _own_sigterm_handler_kept() -> Iterator[None]:
+    """`ray.init` takes SIGTERM twice over: a Python handler that exits at once, and beneath it
+    Ray's C++ failure handler, which prints a stack trace and arms an alarm that aborts the
+    process 3 s later, in the middle of any clean-up (so `microturn up` left its redis-server
+    running). A process that set a SIGTERM handler of its own before (`microturn up`: stop as
+    Ctrl-C does) gets it back, at both levels (`signal.signal` installs Python's own C handler
+    again); one that had the default keeps Ray's."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
 
 
 def ray_metrics_urls() -> list[str]:

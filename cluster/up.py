@@ -12,6 +12,8 @@ from cluster.runtime import LocalCluster
 async def run_up(config: MicroturnConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before the cluster starts: Ray's init then hands SIGTERM back (`ray_runtime.start_ray`), so
+    # either signal, even while starting, stops everything in order, the embedded redis-server too.
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with LocalCluster(config) as cluster:

@@ -1,5 +1,5 @@
 """The Realtime bridge without a cluster: client events checked and mapped, microturn's server
-messages told as Realtime events, audio cut into tick-sized chunks (a fake upstream session)."""
+messages told as Realtime events (a fake upstream session); the server's auth and console."""
 
 import asyncio
 import base64
@@ -9,15 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from cluster.realtime import bridge as bridge_module
-from cluster.realtime.audio import (
-    AudioDecoder,
-    Downsampler3,
-    InputBuffer,
-    Upsampler3,
-    g711_decode,
-    g711_encode,
-)
+from cluster.realtime import response_lifecycle
 from cluster.realtime.bridge import RealtimeBridge
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb
 
@@ -59,7 +51,7 @@ class FakeUpstream:
 
 
 class Harness:
-    def __init__(self, extensions=False) -> None:
+    def __init__(self, extensions=False, publish=None) -> None:
         self.events: list[dict] = []
         self.upstream: FakeUpstream | None = None
         self.published: list = []
@@ -72,10 +64,10 @@ class Harness:
         async def send(event):
             self.events.append(event)
 
-        async def publish(event):
+        async def record(event):
             self.published.append(event)
 
-        self.bridge = RealtimeBridge(send, connect, publish, extensions=extensions)
+        self.bridge = RealtimeBridge(send, connect, publish or record, extensions=extensions)
 
     async def client(self, **event):
         await self.bridge.handle(json.dumps(event))
@@ -92,9 +84,7 @@ class Harness:
                 await asyncio.sleep(0)
 
     async def close(self) -> None:
-        for task in self.bridge._tasks:
-            task.cancel()
-        await self.bridge._stack.aclose()
+        await self.bridge.close()
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]
@@ -168,7 +158,7 @@ def test_session_update_picks_the_turn_policy_and_it_is_fixed_once_open():
         assert h.bridge.session.turn_policy == "model"
         # μ-law at 8 kHz is decoded and upsampled: 20 ms -> 480 samples at 24 kHz
         await h.client(type="input_audio_buffer.append", audio=base64.b64encode(bytes(160)).decode())
-        assert len(h.bridge.buffer) == 960
+        assert len(h.bridge.link.buffer) == 960
         await h.close()
 
     run(scenario())
@@ -213,7 +203,7 @@ def test_a_model_turn_is_a_response_and_a_barge_in_cancels_it():
         done = [e for e in h.take() if e["type"] == "response.done"]
         assert [d["response"]["status"] for d in done] == ["cancelled"]
         assert done[0]["response"]["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
-        assert h.bridge.epoch == 1
+        assert h.bridge.turns.epoch == 1
         await h.close()
 
     run(scenario())
@@ -287,8 +277,40 @@ def test_tools_microturn_ones_as_items_the_clients_own_as_function_calls():
     run(scenario())
 
 
+def test_a_function_output_the_bus_refuses_is_an_error_that_says_why():
+    """The gateway's real bus: over `limits.event_bytes` is `event_too_large` (the client can send
+    less), a Redis nobody answers is `event_bus_unavailable`; the session goes on either way."""
+    from cluster.redis_server import free_port
+    from protos.event_bus import EventBus
+    from protos.redis_client import redis_from_url
+
+    async def scenario():
+        bus = EventBus(redis_from_url(f"redis://127.0.0.1:{free_port()}/0", retries=0), max_event_bytes=1024)
+        h = Harness(publish=bus.publish)
+        await h.client(type="session.update", session={
+            "type": "realtime", "tools": [{"type": "function", "name": "lookup_order"}]})
+        h.take()
+        await h.client(type="conversation.item.create", event_id="big", item={
+            "type": "function_call_output", "call_id": "c1", "output": json.dumps({"order": "x" * 2000})})
+        [error] = [e["error"] for e in h.take()]
+        assert (error["type"], error["code"], error["param"], error["event_id"]) == (
+            "invalid_request_error", "event_too_large", "item.output", "big")
+        assert "limits.event_bytes" in error["message"]
+        await h.client(type="conversation.item.create", event_id="small", item={
+            "type": "function_call_output", "call_id": "c1", "output": '{"order": "shipped"}'})
+        [error] = [e["error"] for e in h.take()]
+        assert (error["type"], error["code"], error["event_id"]) == ("server_error", "event_bus_unavailable", "small")
+        await h.client(type="conversation.item.create",
+                       item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]})
+        assert h.types() == ["conversation.item.added", "conversation.item.done"]
+        await bus.close()
+        await h.close()
+
+    run(scenario())
+
+
 def test_response_create_waits_for_the_model_and_gives_up_incomplete(monkeypatch):
-    monkeypatch.setattr(bridge_module, "RESPONSE_WAIT_S", 0.05)
+    monkeypatch.setattr(response_lifecycle, "RESPONSE_WAIT_S", 0.05)
 
     async def scenario():
         h = Harness()
@@ -302,39 +324,6 @@ def test_response_create_waits_for_the_model_and_gives_up_incomplete(monkeypatch
         await h.close()
 
     run(scenario())
-
-
-def test_input_buffer_cuts_chunks_and_sends_silence_when_the_client_is_behind():
-    buf = InputBuffer(4800)
-    assert buf.take() == bytes(9600)  # nothing yet: silence
-    buf.append(b"\1\0" * 3000)
-    assert buf.take() == bytes(9600) and len(buf) == 6000  # behind: silence, the partial waits
-    buf.append(b"\1\0" * 3000)
-    assert buf.take() == b"\1\0" * 4800 and len(buf) == 2400
-    chunk = buf.take()  # nothing new for a tick: the partial goes out padded
-    assert chunk == b"\1\0" * 1200 + bytes(7200) and len(buf) == 0
-    buf.append(b"\2\0" * 100)
-    buf.commit()
-    assert buf.take() == b"\2\0" * 100 + bytes(9400)
-
-
-def test_g711_and_resampling_by_three():
-    codes = bytes(range(256))
-    for fmt in ("audio/pcmu", "audio/pcma"):
-        assert g711_encode(g711_decode(codes, fmt), fmt) == codes or fmt == "audio/pcmu"  # μ-law has two zeros
-        assert np.array_equal(g711_decode(g711_encode(g711_decode(codes, fmt), fmt), fmt), g711_decode(codes, fmt))
-    t = np.arange(16_000) / 8_000
-    tone = (np.sin(2 * np.pi * 1_000 * t) * 8_000).astype(np.int16)
-    up = np.concatenate([Upsampler3()(tone)])
-    pieces = Upsampler3()
-    assert np.array_equal(np.concatenate([pieces(tone[i:i + 160]) for i in range(0, len(tone), 160)]), up)
-    spectrum = np.abs(np.fft.rfft(up[2400:2400 + 24_000].astype(float)))
-    assert np.argmax(spectrum) == 1_000 and spectrum[4_000:].max() < spectrum[1_000] * 1e-2  # no images
-    down = Downsampler3()
-    back = np.concatenate([down(up[i:i + 1000]) for i in range(0, len(up), 1000)])
-    assert len(back) == len(tone)
-    assert abs(np.sqrt(np.mean(back[800:].astype(float) ** 2)) - 8_000 / np.sqrt(2)) < 200
-    assert len(AudioDecoder("audio/pcma")(bytes(80))) == 480  # 10 ms of A-law -> 240 samples at 24 kHz
 
 
 def test_the_console_is_plain_static_files():

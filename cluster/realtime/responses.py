@@ -3,8 +3,8 @@ audio and transcript deltas, done (completed, or cancelled by a barge-in or `res
 
 microturn's model speaks in turns it takes by itself; a response is one such turn (from the
 first tick it voices, or MODEL_SPEECH_STARTED, to YIELDED / INTERRUPTED / MODEL_SPEECH_STOPPED),
-or a function call of the client's own tools. `Response` only builds the events; the bridge
-decides when.
+or a function call of the client's own tools. `Response` only builds the events;
+`response_lifecycle` decides when.
 """
 
 from __future__ import annotations

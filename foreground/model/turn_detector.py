@@ -135,7 +135,7 @@ def _tiled(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     if padded != rows:
         x = torch.cat([x, x.new_zeros(padded - rows, x.shape[1])])
     tiles = padded // ROW_TILE
-    w = layer.weight.t().contiguous()  # the [K, N] layout `linear` multiplies by
+    w = layer.weight.t()
     y = torch.bmm(x.view(tiles, ROW_TILE, -1), w.expand(tiles, *w.shape)).view(padded, -1) + layer.bias
     return y[:rows]
 
