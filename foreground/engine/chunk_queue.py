@@ -20,6 +20,7 @@ class ChunkQueue:
         self.depth = depth
         self.samples = torch.zeros(max_slots, depth, MAX_CHUNK_SAMPLES, dtype=torch.int16)
         self.rates = torch.zeros(max_slots, depth, dtype=torch.int32)
+        self._rates = self.rates.numpy()  # the same memory: read per chunk without a tensor op
 
     def state_tensors(self) -> list[torch.Tensor]:
         return [self.samples, self.rates]
@@ -44,12 +45,17 @@ class ChunkQueue:
         state.queue_meta[pos] = meta
         state.queue_head, state.queue_size = head, size + 1
 
-    def pop(self, record: SessionRecord) -> tuple[torch.Tensor, int, tuple] | None:
-        """The oldest chunk's samples (a view, valid until the next push), rate and meta."""
+    def pop(self, record: SessionRecord) -> tuple[torch.Tensor, int, tuple, int] | None:
+        """The oldest chunk's samples (a view, valid until the next push), rate, meta and its
+        row in `rows()` (for a batched copy)."""
         state = record.state
         if state.queue_size == 0:
             return None
         head = state.queue_head
-        rate = int(self.rates[record.slot, head])
+        rate = int(self._rates[record.slot, head])
         state.queue_head, state.queue_size = (head + 1) % self.depth, state.queue_size - 1
-        return self.samples[record.slot, head], rate, state.queue_meta[head]
+        return self.samples[record.slot, head], rate, state.queue_meta[head], record.slot * self.depth + head
+
+    def rows(self) -> torch.Tensor:
+        """Every queued chunk's samples as one row: [max_slots * depth, MAX_CHUNK_SAMPLES]."""
+        return self.samples.view(-1, self.samples.shape[-1])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from foreground.engine.chunk_gather import ChunkGather
 from foreground.engine.chunk_queue import ChunkQueue
 from foreground.engine.delegation import CollectingJobSink, JobSink, make_job
 from foreground.engine.input_validation import (
@@ -109,6 +110,10 @@ class TickScheduler:
         self.jobs = jobs or CollectingJobSink()
         self.default_input_rate = default_input_rate
         self.tick_count = 0
+        self.gather16, self.gather24 = ChunkGather(max_slots), ChunkGather(max_slots)
+        # Per-slot scalars are written through NumPy views of the tick's tensors (no tensor op each).
+        self._is24k, self._text_ids = self.audio.is24k.numpy(), self.audio.text_ids.numpy()
+        self._speaking = self.audio.speaking.numpy()
         self._peak_scratch = torch.zeros(self.queue.samples.shape[-1], dtype=torch.int16)
         self._peak = torch.zeros((), dtype=torch.int16)
 
@@ -272,7 +277,8 @@ class TickScheduler:
     def _gather(self, records: list[SessionRecord]) -> None:
         """Each session's oldest queued chunk (or silence) into the tick's buffers."""
         buf, text_slots = self.audio, self.shape.text_slots_per_tick
-        n16, n24 = buf.pcm16k.shape[1], buf.pcm24k.shape[1]
+        self.gather16.start()
+        self.gather24.start()
         for record in records:
             slot, chunk, state = record.slot, self._next_chunk(record), record.state
             state.input_meta = chunk[2] if chunk and chunk[2] else (0, 0)
@@ -280,16 +286,18 @@ class TickScheduler:
                 record.late_chunks += state.audio_started
                 buf.pcm16k[slot].zero_()
                 buf.pcm24k[slot].zero_()
-                buf.is24k[slot] = self.shape.model_rate == 24_000
+                self._is24k[slot] = self.shape.model_rate == 24_000
             elif chunk[1] == 24_000:
-                buf.pcm24k[slot].copy_(chunk[0][:n24]).div_(32768.0)
-                buf.is24k[slot] = True
+                self.gather24.add(chunk[3], slot)
+                self._is24k[slot] = True
             else:
-                buf.pcm16k[slot].copy_(chunk[0][:n16]).div_(32768.0)
-                buf.is24k[slot] = False
+                self.gather16.add(chunk[3], slot)
+                self._is24k[slot] = False
             state.woven_now = []
             for i in range(text_slots):
-                buf.text_ids[slot, i] = self._next_text_token(state)
+                self._text_ids[slot, i] = self._next_text_token(state)
+        self.gather16.copy(self.queue.rows(), buf.pcm16k)
+        self.gather24.copy(self.queue.rows(), buf.pcm24k)
 
     def _resample(self, b: int) -> torch.Tensor:
         """Fill in the 16 kHz rows (the VAD) and the model-rate rows of every slot; return
@@ -346,7 +354,7 @@ class TickScheduler:
         """The model's audio where it voices the floor, brought to playback level, as PCM16."""
         buf = self.audio
         for i, decision in enumerate(decisions):
-            buf.speaking[i] = decision.speak
+            self._speaking[i] = decision.speak
         self.family.voice(b, buf.speaking[:b], buf.pcm_out[:b])
         STAGES.lap("model.voice")
         self.level.apply(buf.pcm_out[:b], buf.speaking[:b, :, 0])

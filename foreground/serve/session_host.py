@@ -2,85 +2,59 @@
 
 Joins and leaves run on the tick thread between ticks (never during one); audio, text and
 video go straight into the engine's per-slot queues. Each tick's outputs become numbered
-server messages in each session's outbox. A sweeper closes idle sessions and frees the slots
-of sessions whose client went away and did not come back in time.
+server messages in each session's outbox (`tick_delivery`). Beside the tick loop, a sweeper
+closes idle sessions and frees the slots of sessions whose client went away and did not come
+back in time, a writer journals the sessions, and a heartbeat announces them
+(`replica_loops`).
 
 Redis (the directory, the bus) may go away for a while; the sessions must not. Only the tick
 loop decides whether the replica is alive (`running`, what Serve's health check asks): the
-loops that talk to Redis (the heartbeat that announces the replica, the result follower) log
-a failure and back off, a session that ends during an outage is forgotten by the directory's
-expiry, an open that cannot be recorded gives its slot back and fails as UNAVAILABLE, and a
-delegation that cannot be queued reaches its client as an `Error`.
+loops that talk to Redis log a failure and back off, a session that ends during an outage is
+forgotten by the directory's expiry, an open that cannot be recorded gives its slot back and
+fails as UNAVAILABLE, and a delegation that cannot be queued reaches its client as an `Error`.
 
-Sessions survive the replica's death: after every tick a writer journals what each session
-needs to continue (`session_journal`), and an open that names a session this replica does not
-hold restores it from its journal when the replica that held it is gone (its heartbeat expired
-or its port does not answer): a fresh slot under the same id, the turn epoch and floor, the
-conversation (re-prefilled into the model: `TickScheduler.restore`), `seq` going on after the
-journalled one, the journalled tail ready for the client's resume. A replica that finds its
-journal write refused (another replica took the session over while this one was cut off) lets
-the session go.
+Sessions survive the replica's death: an open that names a session this replica does not hold
+restores it from its journal when the replica that held it is gone (`session_restore`). A
+replica that finds its journal write refused (another replica took the session over while this
+one was cut off) lets the session go.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
 import logging
-import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-from redis.exceptions import RedisError
 
 from foreground.engine.input_validation import InvalidInput, LimitExceeded
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_loop import TickLoop
 from foreground.engine.tick_scheduler import SessionOutput, TickScheduler, WovenResult
 from foreground.serve.live_session import LiveSession
-from foreground.serve.session_limits import SessionLimits
-from foreground.serve.metrics import ForegroundMetrics, TickRecord
+from foreground.serve.metrics import ForegroundMetrics
+from foreground.serve.open_errors import BusUnavailable, SessionElsewhere, SessionNotFound, WrongToken, check_token
+from foreground.serve.replica_loops import start_loops, stop_loops
 from foreground.serve.session_directory import SessionDirectory, SessionLocation
-from foreground.serve.session_journal import JournalEntry, SessionJournal, SessionSnapshot, port_serving
+from foreground.serve.session_journal import SessionJournal
+from foreground.serve.session_limits import SessionLimits
+from foreground.serve.session_restore import SessionRestorer
+from foreground.serve.tick_delivery import METRICS_AFTER_S, emit_tick_output, tick_record
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb
-from protos.redis_client import OutageBackoff
 
 if TYPE_CHECKING:
     from cluster.config import TlsConfig
+    from foreground.serve.result_follower import ResultFollower
+
+__all__ = ["BusUnavailable", "HostSettings", "SessionElsewhere", "SessionHost", "SessionNotFound", "WrongToken"]
 
 log = logging.getLogger(__name__)
 
-METRICS_AFTER_S = 0.02
-JOURNAL_AFTER_S = 0.03
-SWEEP_EVERY_S = 1.0
-ANNOUNCE_EVERY_S = 1.0  # the replica's key lives REPLICA_TTL_S (15 s): a short outage keeps it
 WEAVE_BYTES = 64  # how much of a result the model reads (2 byte tokens per tick)
 FORWARDED = ("tool_call", "tool_result", "ui", "transcript", "error")  # Event bodies clients get
 
 POLICIES = {pb.TURN_POLICY_MODEL: "model", pb.TURN_POLICY_VAD: "vad", pb.TURN_POLICY_HYBRID: "hybrid"}
-
-
-class SessionNotFound(KeyError):
-    pass
-
-
-class WrongToken(PermissionError):
-    pass
-
-
-class SessionElsewhere(RuntimeError):
-    """The session is held by another replica that is alive (`address`): not restored here."""
-
-    def __init__(self, message: str, address: str = "") -> None:
-        super().__init__(message)
-        self.address = address
-
-
-class BusUnavailable(ConnectionError):
-    """Redis could not be reached (after the client's own retries) for something a request
-    cannot do without: the caller should retry later, or elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +70,8 @@ class HostSettings:
 
 
 class SessionHost:
+    """The coordinator: owns the engine, its tick loop and the sessions; opens and closes them."""
+
     def __init__(self, engine: TickScheduler, settings: HostSettings,
                  directory: SessionDirectory | None = None, metrics: ForegroundMetrics | None = None,
                  journal: SessionJournal | None = None) -> None:
@@ -105,10 +81,10 @@ class SessionHost:
         self.sessions: dict[str, LiveSession] = {}
         self.draining = False
         self.restored = 0  # sessions this replica took over from a lost one
+        self.journal_due = asyncio.Event()  # set when sessions changed: the journal writer wakes
+        self.restorer = SessionRestorer(self, journal) if journal is not None else None
+        self.follower: ResultFollower | None = None  # once started
         self._tasks: list[asyncio.Task] = []
-        self._journal_due = asyncio.Event()
-        self._restoring = asyncio.Lock()
-        self.follower = None  # a ResultFollower, once started
 
     @property
     def running(self) -> bool:
@@ -117,29 +93,13 @@ class SessionHost:
         ticks = next((task for task in self._tasks if task.get_name() == "ticks"), None)
         return ticks is not None and not ticks.done()
 
-    async def start(self, follower=None) -> None:
-        """Start ticking; `follower` (a ResultFollower) brings bus events in."""
+    async def start(self, follower: ResultFollower | None = None) -> None:
+        """Start ticking; `follower` brings bus events in."""
         self.follower = follower
-        self._tasks = [asyncio.create_task(self.ticker.run(), name="ticks"),
-                       asyncio.create_task(self._sweep(), name="sweeper")]
-        if self.directory:
-            self._tasks.append(asyncio.create_task(self._announce(), name="announcer"))
-        if self.journal:
-            self._tasks.append(asyncio.create_task(self._write_journal(), name="journal"))
-        if follower is not None:
-            self.ticker.before_tick = follower.catch_up
-            self._tasks.append(asyncio.create_task(follower.run(), name="follower"))
-        for task in self._tasks:
-            task.add_done_callback(_log_unexpected_end)
+        self._tasks = start_loops(self, follower)
 
     async def stop(self) -> None:
-        self.ticker.stop()
-        for task in self._tasks:
-            if task.get_name() != "ticks":
-                task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_loops(self, self._tasks)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -147,111 +107,51 @@ class SessionHost:
         """Admit a new session, find the one being resumed, or restore one whose replica was
         lost from its journal. Returns (session, resumed)."""
         if request.session_id and request.session_id in self.sessions:
-            return self._held(request), True
-        if request.session_id and self.journal is None:
+            return self.held(request), True
+        if request.session_id and self.restorer is None:
             raise SessionNotFound(f"session {request.session_id!r} is not held by this replica")
         if self.draining:
             self._refused("draining")
             raise SessionsFull("this replica is draining")
         if request.session_id:
-            async with self._restoring:  # a retried reopen waits for the first, then finds it held
-                if request.session_id in self.sessions:
-                    return self._held(request), True
-                return await self._restore(request), True
-        session = self._new_session()
+            return await self.restorer.reopen(request), True
+        session = self.new_session()
         session.input_rate = request.input_sample_rate
         if request.turn_policy and request.turn_policy not in POLICIES:
             raise InvalidInput("open.turn_policy", f"unknown turn policy {request.turn_policy}")
         session.turn_policy = POLICIES.get(request.turn_policy, "")
+        await self.take_slot(self._join, session, request)
+        await self.admit(session)
+        log.info("session %s opened (%d/%d slots used)", session.session_id,
+                 self.engine.live, self.engine.max_slots)
+        return session, False
+
+    def held(self, request: pb.SessionOpen) -> LiveSession:
+        """The session this replica holds under the request's id, if the token matches."""
+        session = self.sessions[request.session_id]
+        check_token(session.token, request.token)
+        return session
+
+    def new_session(self, session_id: str | None = None, token: str | None = None) -> LiveSession:
+        limits = self.settings.limits
+        return LiveSession(session_id, token, replay_bytes=limits.replay_bytes,
+                           tool_requests_per_minute=limits.tool_requests_per_minute)
+
+    async def take_slot(self, join: Callable[..., None], *args: object) -> None:
+        """Run `join` (an engine join or restore) between ticks; a full replica counts the refusal."""
         try:
-            await self.ticker.between_ticks(self._join, session, request)
+            await self.ticker.between_ticks(join, *args)
         except SessionsFull:
             self._refused("full")
             raise
+
+    async def admit(self, session: LiveSession) -> None:
+        """A session that holds its slot becomes live here: tracked, and recorded in the directory."""
         self.sessions[session.session_id] = session
         if self.metrics:
             self.metrics.track(session.session_id)
         if self.directory:
             await self._record(session)
-        log.info("session %s opened (%d/%d slots used)", session.session_id,
-                 self.engine.live, self.engine.max_slots)
-        return session, False
-
-    def _held(self, request: pb.SessionOpen) -> LiveSession:
-        session = self.sessions[request.session_id]
-        _check_token(session.token, request.token)
-        return session
-
-    def _new_session(self, session_id: str | None = None, token: str | None = None) -> LiveSession:
-        limits = self.settings.limits
-        return LiveSession(session_id, token, replay_bytes=limits.replay_bytes,
-                           tool_requests_per_minute=limits.tool_requests_per_minute)
-
-    async def _restore(self, request: pb.SessionOpen) -> LiveSession:
-        """Take over a session whose replica is gone, from its journal (module docstring)."""
-        session_id = request.session_id
-        entry = await self._journal_call(self.journal.load(session_id))
-        if entry is None:
-            raise SessionNotFound(f"session {session_id!r} is not live (no replica holds it and it has no journal)")
-        _check_token(entry.token, request.token)
-        if entry.replica != self.settings.replica_id and await self._owner_alive(entry):
-            raise SessionElsewhere(f"session {session_id!r} is held by replica {entry.replica} ({entry.address}), "
-                                   "which is alive", entry.address)
-        session = self._new_session(session_id, entry.token)
-        session.input_rate, session.turn_policy = entry.input_rate, entry.turn_policy
-        session.events_after = entry.events_after
-        session.restore(max(entry.seq, request.resume_after_seq), entry.tail)
-        session.tick = self.engine.tick_count
-        try:
-            await self.ticker.between_ticks(self._rejoin, entry)
-        except SessionsFull:
-            self._refused("full")
-            raise
-        try:
-            claimed = await self._journal_call(self.journal.claim(session_id, entry.replica, entry.seq))
-        except BaseException:
-            await asyncio.shield(self._undo_open(session))
-            raise
-        if not claimed:
-            await asyncio.shield(self._undo_open(session))
-            raise SessionElsewhere(f"session {session_id!r} was taken over by another replica meanwhile")
-        if self.follower is not None and entry.events_after:  # results its lost replica handed over: not again
-            self.follower.resume_after(session_id, entry.events_after)
-        self.sessions[session_id] = session
-        self.restored += 1
-        if self.metrics:
-            self.metrics.track(session_id)
-        if self.directory:
-            await self._record(session)
-        log.warning("session %s restored from its journal (replica %s was lost): seq goes on after %d, epoch %d, "
-                    "%d conversation entries, %d journalled messages", session_id, entry.replica, session.seq,
-                    entry.epoch, len(entry.conversation), len(entry.tail))
-        self._journal_due.set()
-        return session
-
-    def _rejoin(self, entry: JournalEntry) -> None:
-        self.engine.restore(entry.session_id, input_rate=entry.input_rate or None,
-                            turn_policy=entry.turn_policy or None, epoch=entry.epoch,
-                            model_speaking=entry.model_speaking, user_speaking=entry.user_speaking,
-                            conversation=entry.conversation)
-
-    async def _owner_alive(self, entry: JournalEntry) -> bool:
-        """Its heartbeat key has not expired AND its session port answers as SERVING. The
-        heartbeat outlives a killed process by up to REPLICA_TTL_S, hence the probe."""
-        if self.directory is not None:
-            try:
-                if await self.directory.replica_info(entry.replica) is None:
-                    return False
-            except Exception as e:  # Redis is flaky: the probe decides alone
-                log.warning("could not read replica %s's heartbeat: %s", entry.replica, e)
-        return await port_serving(entry.address, tls=self.settings.tls)
-
-    @staticmethod
-    async def _journal_call(call):
-        try:
-            return await call
-        except (RedisError, OSError) as e:
-            raise BusUnavailable(f"the session journal (Redis) is unreachable: {e}; retry in a few seconds") from e
 
     async def _record(self, session: LiveSession) -> None:
         """Tell the directory where the new session lives. Without that entry no gateway can
@@ -265,13 +165,14 @@ class SessionHost:
                         session.session_id, type(e).__name__, e)
             if not session.closed:
                 session.closed = True
-                await asyncio.shield(self._undo_open(session))
+                await asyncio.shield(self.undo_open(session))
             if isinstance(e, Exception):
                 raise BusUnavailable(f"the session directory (Redis) is unreachable: {e}; "
                                      "the session was not opened, retry in a few seconds") from e
             raise
 
-    async def _undo_open(self, session: LiveSession) -> None:
+    async def undo_open(self, session: LiveSession) -> None:
+        """Give the slot back and forget the session here, telling neither its client nor Redis."""
         await self.ticker.between_ticks(self.engine.leave, session.session_id)
         self.sessions.pop(session.session_id, None)
         if self.journal:
@@ -317,7 +218,7 @@ class SessionHost:
                 log.warning("session %s: could not remove it from the directory: %s", session.session_id, e)
         log.info("session %s closed: %s", session.session_id, reason)
 
-    async def _let_go(self, session_id: str) -> None:
+    async def let_go(self, session_id: str) -> None:
         """Another replica owns this session now (this one was cut off, and its client went
         there): free the slot, leave the directory and the journal to the new owner."""
         session = self.sessions.get(session_id)
@@ -325,7 +226,7 @@ class SessionHost:
             return
         session.closed = True
         log.warning("session %s: another replica took it over; letting it go here", session_id)
-        await asyncio.shield(self._undo_open(session))
+        await asyncio.shield(self.undo_open(session))
         # not `closed`: the session goes on elsewhere; a stream still here ends, and its client reopens
         session.emit(go_away=pb.GoAway(reason="the session moved to another replica", retry_after_ms=0))
 
@@ -392,115 +293,20 @@ class SessionHost:
     # -- every tick ---------------------------------------------------------------------------
 
     def deliver(self, outputs: list[SessionOutput]) -> None:
+        """The tick loop's callback: each tick's outputs to their sessions (`tick_delivery`),
+        then, off the audio's path, to the metrics and the journal writer."""
         for out in outputs:
             session = self.sessions.get(out.session_id)
-            if session is None:
-                continue
-            session.tick = out.tick
-            timing = pb.TickTiming(input_seq=out.input_seq, input_received_unix_ns=out.input_received_ns,
-                                   tick_started_unix_ns=out.tick_started_ns,
-                                   tick_ended_unix_ns=out.tick_ended_ns)
-            session.emit(audio=pb.AudioOut(audio_seq=out.tick, pcm16=out.pcm16, speech=out.speech, timing=timing))
-            if out.text:
-                session.emit(text=pb.TextOut(text=out.text))
-            for woven in out.woven:
-                session.emit(woven=pb.Woven(event_id=woven.event_id, job_id=woven.job_id, epoch=woven.epoch,
-                                            published_unix_ns=woven.published_ns, woven_unix_ns=out.tick_started_ns,
-                                            received_unix_ns=woven.received_ns))
-            for event in out.events:
-                session.emit(turn=pb.TurnEvent(kind=pb.TurnEvent.Kind.Value(event.kind.value),
-                                               cause=event.cause, epoch=event.epoch))
+            if session is not None:
+                emit_tick_output(session, out)
         if self.metrics:
-            stats = self.ticker.stats  # this tick's duration is recorded before deliver() runs
-            record = TickRecord(duration_s=stats.tick_ms[-1] / 1000 if stats.tick_ms else 0.0,
-                                live_sessions=self.engine.live, free_slots=self.engine.free,
-                                overruns_total=stats.overruns)
+            record = tick_record(self.ticker.stats, self.engine)
             # After the streams have written this tick's audio: metrics must not delay it.
             asyncio.get_running_loop().call_later(METRICS_AFTER_S, self.metrics.on_tick, record, outputs)
         if self.journal and outputs:
-            self._journal_due.set()
+            self.journal_due.set()
 
     def _refused(self, reason: str) -> None:
         log.info("session open refused: %s", reason)
         if self.metrics:
             self.metrics.on_refused(reason)
-
-    async def _sweep(self) -> None:
-        """Close idle sessions and those whose client did not come back in time, every second.
-        Closes run side by side: one that waits on an unreachable directory delays no other."""
-        backoff = OutageBackoff("sweeping sessions", logger=log)
-        while True:
-            await asyncio.sleep(SWEEP_EVERY_S + backoff.delay_s)
-            now = time.monotonic()
-            closing = []
-            for session in list(self.sessions.values()):
-                if session.detached_at is not None and now - session.detached_at > self.settings.resume_grace_s:
-                    closing.append(self.close(session, "the client did not come back"))
-                elif session.detached_at is None and now - session.last_client_activity > self.settings.idle_timeout_s:
-                    closing.append(self.close(session, "idle"))
-            results = await asyncio.gather(*closing, return_exceptions=True)
-            failed = next((r for r in results if isinstance(r, Exception)), None)
-            if failed is not None:
-                backoff.failed(failed)
-            else:
-                backoff.succeeded()
-
-    def _snapshots(self) -> list[SessionSnapshot]:
-        """Every live session as its journal needs it (on the event loop, between awaits)."""
-        snapshots = []
-        for session in list(self.sessions.values()):
-            if session.closed or session.session_id not in self.engine.slots:
-                continue
-            state = self.engine.slots.get(session.session_id).state
-            snapshots.append(SessionSnapshot(
-                session_id=session.session_id, token=session.token, seq=session.seq, tick=session.tick,
-                input_rate=session.input_rate, turn_policy=session.turn_policy, epoch=state.turn.epoch,
-                model_speaking=state.turn.model_speaking, user_speaking=state.turn.user_speaking,
-                conversation=state.conversation, replay=session.replay, events_after=session.events_after))
-        return snapshots
-
-    async def _write_journal(self) -> None:
-        """After each tick, one pipelined write of every session's changes. Rounds coalesce
-        when Redis is slower than a tick; an outage backs off, and the first round that gets
-        through sends what changed since the last one that did."""
-        backoff = OutageBackoff(f"journalling the sessions of replica {self.settings.replica_id}", logger=log)
-        while True:
-            await self._journal_due.wait()
-            await asyncio.sleep(JOURNAL_AFTER_S)  # after the streams have written this tick's audio
-            self._journal_due.clear()
-            try:
-                lost = await self.journal.write(self._snapshots)
-            except Exception as e:
-                await asyncio.sleep(backoff.failed(e))
-                self._journal_due.set()
-                continue
-            backoff.succeeded()
-            for session_id in lost:
-                await self._let_go(session_id)
-
-    async def _announce(self) -> None:
-        """The replica's heartbeat in the directory (address, live and free slots), which also
-        keeps its sessions' entries alive (a session may last longer than their TTL)."""
-        backoff = OutageBackoff(f"announcing replica {self.settings.replica_id}", logger=log)
-        while True:
-            await asyncio.sleep(ANNOUNCE_EVERY_S + backoff.delay_s)
-            try:
-                await self.directory.announce_replica(self.settings.replica_id, self.settings.address,
-                                                      self.engine.live, self.engine.max_slots, pid=os.getpid())
-                await self.directory.refresh([s.session_id for s in self.sessions.values() if not s.closed])
-            except Exception as e:
-                backoff.failed(e)
-            else:
-                backoff.succeeded()
-
-
-def _check_token(expected: str, given: str) -> None:
-    """Compared in constant time: how long a refusal takes says nothing about the token."""
-    if not hmac.compare_digest(expected.encode(), given.encode()):
-        raise WrongToken("the token does not match this session")
-
-
-def _log_unexpected_end(task: asyncio.Task) -> None:
-    """A replica loop should end only when stopped; say so loudly if one ends otherwise."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("replica loop %r ended", task.get_name(), exc_info=task.exception())
