@@ -125,6 +125,7 @@ class ForegroundReplica:
         engine = TickScheduler(family, settings.max_sessions, turn, jobs=jobs,
                                text_queue_bytes=limits.text_queue_bytes,
                                invariant_kernels=settings.invariant_kernels)
+        engine.warm_up()
         keys = ApiKeys(settings.api_key_hashes, required=not settings.auth_disabled)
         self.server = grpc.aio.server(interceptors=[ApiKeyInterceptor(keys)])
         host = session_bind_host(settings)

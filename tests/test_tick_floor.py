@@ -18,8 +18,12 @@ from foreground.model.family import ReferenceFamily
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    model = load_checkpoint(write_seeded_checkpoint(tmp_path_factory.mktemp("ck"), "tiny", seed=0))
+def model(tmp_path_factory):
+    return load_checkpoint(write_seeded_checkpoint(tmp_path_factory.mktemp("ck"), "tiny", seed=0))
+
+
+@pytest.fixture(scope="module")
+def engine(model):
     engine = TickScheduler(ReferenceFamily(model), max_slots=8, turn=TurnPolicyConfig(policy="hybrid"))
     for i in range(5):
         engine.join(f"s{i}", seed=i)
@@ -98,3 +102,22 @@ def test_interleaved_rotary_equals_rotate_half_on_the_projection():
     half = head_dim // 2
     assert torch.allclose(ours[..., 0::2], expected[..., :half], atol=1e-5)
     assert torch.allclose(ours[..., 1::2], expected[..., half:], atol=1e-5)
+
+
+def test_warm_up_checks_every_kernel_shape_before_a_live_tick_and_leaves_nothing(model):
+    """A replica warms up before it serves: a live session's first tick (audio and video) then
+    meets no matmul shape that was not checked already, and the warm-up leaves no session,
+    no job and the tick count at 0."""
+    from foreground.engine.delegation import CollectingJobSink
+    from foreground.kernels import matmul
+
+    fresh = TickScheduler(ReferenceFamily(model), max_slots=2, turn=TurnPolicyConfig(policy="hybrid"), jobs=CollectingJobSink())
+    matmul._one_gemm.clear()
+    fresh.warm_up()
+    checked = set(matmul._one_gemm)
+    assert checked and fresh.live == 0 and fresh.tick_count == 0 and not fresh.jobs.jobs
+    fresh.join("live", seed=1)
+    fresh.submit_audio("live", synthetic_chunks(1, fresh.shape.samples(16_000), seed=2)[0])
+    fresh.submit_video("live", raw_rgb=bytes(32 * 24 * 3), width=32, height=24)
+    assert fresh.tick()[0].tick == 0
+    assert set(matmul._one_gemm) == checked

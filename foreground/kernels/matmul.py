@@ -24,7 +24,7 @@ import torch
 
 ROW_TILE = 32
 MIN_TILES = 2
-PROBE_ROWS = (64, 96, 128, 160, 224, 256, 512, 1024)  # padded row counts the check compares
+PROBE_ROWS = (64, 96, 128, 160, 224, 256)  # padded row counts the check compares
 
 _invariant = True
 _one_gemm: dict[tuple, bool] = {}  # (K, N, dtype, threads) -> one GEMM is row-invariant
