@@ -10,12 +10,15 @@ On those row counts, two ways give every row the same arithmetic:
 - tiles: the rows as a batch of identical [ROW_TILE, K] @ [K, N] problems (`torch.bmm`), so every
   row goes through the same kernel by construction;
 - one `torch.mm` over all the rows, where the BLAS computes a row the same way for every padded
-  row count. Measured here for every weight shape of both model families and every multiple of
-  32 rows up to 4096: bitwise equal to the tiles, and 15-25% faster (one GEMM keeps both cores
-  busy, where a batch of 13 tiles leaves one idle for the 13th).
+  row count. Measured here (MKL, 1 and 2 threads) for the reference model's weight shapes and
+  every multiple of 32 rows up to 4096: bitwise equal to the tiles (MKL differs only below 12
+  rows), and up to 25% faster (one GEMM keeps both cores busy, where a batch of 13 tiles leaves
+  one idle for the 13th).
 The second is a property of the BLAS, not a guarantee, so it is checked: the first time a
 [K, N] shape (and dtype, and thread count) comes by, `_one_gemm_is_invariant` compares one GEMM
 with the tiles at several row counts, and the shape uses the tiles unless all are bitwise equal.
+A replica runs one warm-up tick before it serves (`TickScheduler.warm_up`), so no check lands
+in a live session's tick.
 """
 
 from __future__ import annotations
