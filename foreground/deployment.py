@@ -38,6 +38,7 @@ from foreground.engine.input_validation import InvalidInput
 from foreground.engine.percentiles import percentile
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_scheduler import TickScheduler
+from foreground.engine.warm_up import warm_up
 from foreground.engine.turn_policy import TurnPolicyConfig, resolve_policy
 from foreground.family_loader import load_family
 from foreground.serve.free_slot_router import FreeSlotRouter
@@ -125,7 +126,7 @@ class ForegroundReplica:
         engine = TickScheduler(family, settings.max_sessions, turn, jobs=jobs,
                                text_queue_bytes=limits.text_queue_bytes,
                                invariant_kernels=settings.invariant_kernels)
-        engine.warm_up()
+        warm_up(engine)  # first-use costs before the first live tick
         keys = ApiKeys(settings.api_key_hashes, required=not settings.auth_disabled)
         self.server = grpc.aio.server(interceptors=[ApiKeyInterceptor(keys)])
         host = session_bind_host(settings)

@@ -109,11 +109,12 @@ def test_warm_up_checks_every_kernel_shape_before_a_live_tick_and_leaves_nothing
     meets no matmul shape that was not checked already, and the warm-up leaves no session,
     no job and the tick count at 0."""
     from foreground.engine.delegation import CollectingJobSink
+    from foreground.engine.warm_up import warm_up
     from foreground.kernels import matmul
 
     fresh = TickScheduler(ReferenceFamily(model), max_slots=2, turn=TurnPolicyConfig(policy="hybrid"), jobs=CollectingJobSink())
     matmul._one_gemm.clear()
-    fresh.warm_up()
+    warm_up(fresh)
     checked = set(matmul._one_gemm)
     assert checked and fresh.live == 0 and fresh.tick_count == 0 and not fresh.jobs.jobs
     fresh.join("live", seed=1)

@@ -10,7 +10,6 @@ insides.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -241,26 +240,6 @@ class TickScheduler:
         with self.slots.lock:
             record = self.slots.get(session_id)
             self.family.store_video(record.slot, frame)
-
-    def warm_up(self) -> None:
-        """One throwaway tick on a scratch session (a tone and, where the family takes video, a
-        frame) before the replica serves: first-use costs (the matmul kernels' checks of each
-        weight shape, lazily made buffers) then never land in a live session's tick. Its jobs,
-        if any, go nowhere."""
-        name, jobs = "warm-up", self.jobs
-        samples = self.shape.samples(16_000)
-        tone = (8000 * torch.sin(torch.arange(samples) * 0.1)).to(torch.int16).numpy().tobytes()
-        self.jobs = CollectingJobSink()
-        self.join(name, input_rate=16_000, seed=0)
-        try:
-            self.submit_audio(name, tone, sample_rate=16_000)
-            with contextlib.suppress(InvalidInput):  # a family without video refuses it by name
-                self.submit_video(name, raw_rgb=bytes(16 * 16 * 3), width=16, height=16)
-            self.tick()
-        finally:
-            self.leave(name)
-            self.jobs = jobs
-        self.tick_count = 0
 
     # -- the tick -----------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ On those row counts, two ways give every row the same arithmetic:
 The second is a property of the BLAS, not a guarantee, so it is checked: the first time a
 [K, N] shape (and dtype, and thread count) comes by, `_one_gemm_is_invariant` compares one GEMM
 with the tiles at several row counts, and the shape uses the tiles unless all are bitwise equal.
-A replica runs one warm-up tick before it serves (`TickScheduler.warm_up`), so no check lands
+A replica runs one warm-up tick before it serves (`engine.warm_up`), so no check lands
 in a live session's tick.
 """
 
