@@ -62,8 +62,7 @@ def test_split_kv_attention_matches_the_torch_path_and_float64():
     q, k, v, mask = _attention_case()
     b, kvh, r, d = q.shape
     out = split_kv_attention(q, k, v, mask, torch.empty(b, kvh, r, d))
-    ref = attend_slots(q, k, v, mask, torch.empty(b, kvh, r, k.shape[2]), torch.empty(b, kvh, r, 1),
-                       torch.empty(b, kvh, r, d))
+    ref = attend_slots(q, k, v, mask, torch.empty(b, kvh, r, k.shape[2]), torch.empty(b, kvh, r, d))
     assert _rel(out, ref) <= 1e-5
     scores = q.double() @ k.double().transpose(-1, -2) + mask.double().repeat(1, 2, 1).unsqueeze(1)
     ref64 = torch.softmax(scores, -1) @ v.double()

@@ -173,11 +173,10 @@ def find_max_sessions(ticks: int = 20, preset: str = "tiny", checkpoint=None, tu
         return p99 < engine.shape.tick_ms
 
     probes: dict[int, float] = {}
-    good, bad = 0, None
-    n = 1
+    good, n = 0, 1
     while n <= limit and realtime(n):
         good, n = n, n * 2
-    bad = n if n <= limit else None
+    bad = n if n <= limit else None  # the first count found too slow (None: all up to `limit` kept up)
     while bad is not None and bad - good > 1:
         mid = (good + bad) // 2
         good, bad = (mid, bad) if realtime(mid) else (good, mid)

@@ -13,13 +13,11 @@ from foreground.kernels.softmax import softmax_
 
 
 def attend_slots(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                 mask: torch.Tensor, scores: torch.Tensor, row_scratch: torch.Tensor,
-                 out: torch.Tensor) -> torch.Tensor:
+                 mask: torch.Tensor, scores: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Grouped-query attention for B sessions.
 
     q: [B, KVH, G*T, D] (already scaled and rotated), k_cache/v_cache: [B, KVH, S, D],
-    mask: [B, T, S] additive, scores: [B, KVH, G*T, S], row_scratch: [B, KVH, G*T, 1],
-    out: [B, KVH, G*T, D].
+    mask: [B, T, S] additive, scores: [B, KVH, G*T, S] (contiguous), out: [B, KVH, G*T, D].
     """
     if q.is_cuda:  # the GPU path: split-KV with a fixed split size
         from foreground.kernels.triton import split_kv_attention
@@ -31,7 +29,7 @@ def attend_slots(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     torch.bmm(q.view(b * kvh, rows, d), k_cache.reshape(b * kvh, s, d).transpose(1, 2),
               out=scores.view(b * kvh, rows, s))
     scores.view(b, kvh, rows // t, t, s).add_(mask.view(b, 1, 1, t, s))
-    softmax_(scores, row_scratch)
+    softmax_(scores)
     torch.bmm(scores.view(b * kvh, rows, s), v_cache.reshape(b * kvh, s, d),
               out=out.view(b * kvh, rows, d))
     return out

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 
-def softmax_(x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
-    """x: [..., N], softmaxed in place (`scratch` is unused, kept for callers' buffers)."""
+def softmax_(x: torch.Tensor) -> torch.Tensor:
+    """x: [..., N], softmaxed in place."""
     if not x.is_contiguous():
         raise ValueError("softmax_ needs a contiguous tensor (ATen's in-place row kernel)")
     return torch.softmax(x, dim=-1, out=x)

@@ -90,7 +90,6 @@ class BackboneWorkspace:
         self.v_stage = torch.zeros(n, kvh, hd)
         self.q_grouped = torch.zeros(max_slots, kvh, g * tokens, hd)
         self.scores = torch.zeros(max_slots, kvh, g * tokens, cfg.cache_len)
-        self.score_scratch = torch.zeros(max_slots, kvh, g * tokens, 1)
         self.attn = torch.zeros(max_slots, kvh, g * tokens, hd)
         self.attn_tokens = torch.zeros(padded, h * hd)
         self.attn_out = torch.zeros(padded, d)
@@ -140,7 +139,7 @@ class Backbone:
             qg.view(batch, kvh, g, tokens, hd).copy_(q.view(batch, tokens, kvh, g, hd).permute(0, 2, 3, 1, 4))
             qg.mul_(self.scale)
             out = attend_slots(qg, cache.k[i][:batch], cache.v[i][:batch], cache.mask[:batch, :tokens],
-                               ws.scores[:batch], ws.score_scratch[:batch], ws.attn[:batch])
+                               ws.scores[:batch], ws.attn[:batch])
             ws.attn_tokens[:n].view(batch, tokens, kvh, g, hd).copy_(
                 out.view(batch, kvh, g, tokens, hd).permute(0, 3, 1, 2, 4))
             x.add_(linear(ws.attn_tokens[:rows], attn.o_proj.weight, ws.attn_out[:rows])[:n])

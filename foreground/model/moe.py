@@ -33,7 +33,6 @@ class MoeWorkspace:
         self.router = torch.zeros(pad_rows(n), e)
         self.top_weight = torch.zeros(n, k)
         self.top_expert = torch.zeros(n, k, dtype=torch.int64)
-        self.top_scratch = torch.zeros(n, 1)
         self.sorted_expert = torch.zeros(n * k, dtype=torch.int64)
         self.order = torch.zeros(n * k, dtype=torch.int64)
         self.token = torch.zeros(n * k, dtype=torch.int64)
@@ -67,7 +66,7 @@ class MixtralSparseMoe(nn.Module):
         router = linear(x_rows[: pad_rows(n)], self.gate.weight, ws.router[: pad_rows(n)])[:n]
         top_w, top_e = ws.top_weight[:n], ws.top_expert[:n]
         torch.topk(router, k, dim=-1, out=(top_w, top_e))
-        softmax_(top_w, ws.top_scratch[:n])
+        softmax_(top_w)
         flat_e = top_e.view(nk)
         torch.sort(flat_e, stable=True, out=(ws.sorted_expert[:nk], ws.order[:nk]))
         torch.div(ws.order[:nk], k, rounding_mode="floor", out=ws.token[:nk])

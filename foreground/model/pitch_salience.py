@@ -74,7 +74,7 @@ class PitchSalience:
         log_power.sub_(self._mean[:padded])
         salience = linear(log_power, self.matrix_t, self._salience[:padded])[:rows]
         salience.mul_(self.cfg.pitch_sharpness)
-        softmax_(salience, self._mean[:rows])
+        softmax_(salience)
         salience.mul_(self.cfg.pitch_scale)
         out.view(rows, -1).copy_(salience)
         return out

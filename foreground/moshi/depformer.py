@@ -38,7 +38,6 @@ class Depformer:
         self._qkv = torch.zeros(rows, 3 * d, dtype=dtype)
         self._q = torch.zeros(max_slots, heads, 1, head_dim, dtype=dtype)
         self._scores = torch.zeros(max_slots, heads, 1, steps, dtype=dtype)
-        self._score_scratch = torch.zeros(max_slots, heads, 1, 1, dtype=dtype)
         self._attended = torch.zeros(rows, d, dtype=dtype)
         self._update = torch.zeros(rows, d, dtype=dtype)
         self._logits = torch.zeros(rows, cfg.card, dtype=dtype)
@@ -72,7 +71,7 @@ class Depformer:
             keys, values = self._keys[layer][:b], self._values[layer][:b]
             keys[:, :, codebook].copy_(qkv[:, d : 2 * d].view(b, heads, head_dim))
             values[:, :, codebook].copy_(qkv[:, 2 * d :].view(b, heads, head_dim))
-            attend_slots(q, keys, values, self._visible[:b], self._scores[:b], self._score_scratch[:b],
+            attend_slots(q, keys, values, self._visible[:b], self._scores[:b],
                          self._attended[:b].view(b, heads, 1, head_dim))
             x.add_(linear(self._attended[:rows], attention.out_proj, self._update[:rows])[:b])
 

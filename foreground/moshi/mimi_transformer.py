@@ -184,7 +184,6 @@ class TransformerStream:
         self.q, self.k, self.v, self.attn = (zeros(max_slots, heads, t, head_dim) for _ in range(4))
         self.rot_a, self.rot_b = zeros(max_slots, heads, t, head_dim // 2), zeros(max_slots, heads, t, head_dim // 2)
         self.scores = zeros(max_slots, heads, t, ctx)
-        self.row_scratch = zeros(max_slots, heads, t, 1)
         self.q_scale = 1.0 / math.sqrt(head_dim)
 
     def state_tensors(self) -> list[torch.Tensor]:
@@ -226,7 +225,7 @@ class TransformerStream:
         keys.view(-1, head_dim).index_copy_(0, cache_rows, k.view(-1, head_dim))
         values.view(-1, head_dim).index_copy_(0, cache_rows, v.view(-1, head_dim))
         attn = attend_slots(q, keys[:batch], values[:batch], self.ring.mask[:batch], self.scores[:batch],
-                            self.row_scratch[:batch], self.attn[:batch])
+                            self.attn[:batch])
         self.attn_rows[:rows].view(batch, t, heads, head_dim).copy_(attn.permute(0, 2, 1, 3))
         linear(self.attn_rows[:padded], w.out_proj, self.update[:padded])
         self._add_update(w.scale1, rows)

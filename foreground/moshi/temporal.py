@@ -49,7 +49,6 @@ class TemporalTransformer:
         self._qkv = torch.zeros(rows, 3 * d, dtype=dtype)
         self._q = torch.zeros(max_slots, heads, 1, head_dim, dtype=dtype)
         self._scores = torch.zeros(max_slots, heads, 1, cfg.context, dtype=dtype)
-        self._score_scratch = torch.zeros(max_slots, heads, 1, 1, dtype=dtype)
         self._attended = torch.zeros(rows, d, dtype=dtype)
         self._update = torch.zeros(rows, d, dtype=dtype)
         self.out = torch.zeros(rows, d, dtype=dtype)  # after out_norm: the depformer's input
@@ -91,7 +90,7 @@ class TemporalTransformer:
             keys, values = self.keys[layer][:b], self.values[layer][:b]
             keys.scatter_(2, write_at, qkv[:, d : 2 * d].view(b, heads, 1, cfg.head_dim))
             values.scatter_(2, write_at, qkv[:, 2 * d :].view(b, heads, 1, cfg.head_dim))
-            attend_slots(q, keys, values, self.visible[:b], self._scores[:b], self._score_scratch[:b],
+            attend_slots(q, keys, values, self.visible[:b], self._scores[:b],
                          self._attended[:b].view(b, heads, 1, cfg.head_dim))
             x.add_(linear(self._attended[:rows], attention.out_proj, self._update[:rows])[:b])
 
