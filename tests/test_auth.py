@@ -10,18 +10,16 @@ import asyncio
 import hmac
 import socket
 import stat
-from types import SimpleNamespace
 
 import grpc
 import pytest
 import ray
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from inprocess_servers import InProcessReplica, Routed
+from inprocess_servers import replica_and_gateway
 
 from cluster.client import InteractionClient
 from cluster.cluster_secrets import cluster_api_keys, refuse_placeholders
 from cluster.config import ConfigError, load_config
-from cluster.gateway import Gateway
 from cluster.health_probe import check_health
 from cluster.local_api_key import find_api_key, local_api_key
 from cluster.runtime import LocalCluster
@@ -36,22 +34,7 @@ KEY = "mt_test-key-for-this-module"
 
 @pytest.fixture(scope="module")
 def servers(redis_server):
-    loop = asyncio.new_event_loop()
-
-    async def start():
-        settings = ReplicaSettings(max_sessions=4, redis_url=redis_server.url, threads=1,
-                                   gateway_node_ip=ray.util.get_node_ip_address(),  # as `microturn up` says
-                                   api_key_hashes=(hash_api_key(KEY),))
-        replica = await InProcessReplica.start(settings)
-        gateway = Gateway("127.0.0.1", 0, Routed(replica), redis_server.url, ApiKeys([hash_api_key(KEY)]))
-        await gateway.start()
-        return replica, gateway
-
-    replica, gateway = loop.run_until_complete(start())
-    yield SimpleNamespace(loop=loop, replica=replica.address, gateway=gateway.address)
-    loop.run_until_complete(gateway.stop(0))
-    loop.run_until_complete(replica.stop())
-    loop.close()
+    yield from replica_and_gateway(redis_server.url, (hash_api_key(KEY),), max_sessions=4)
 
 
 def _run(servers, coro):

@@ -5,19 +5,16 @@ model's audio and turn events with their causes arriving, a turn taken and an in
 fake microphone loops the file: the sentence comes again while the model speaks). A screenshot
 of the console is saved with the test's output."""
 
-import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import wave
 
 import numpy as np
 import pytest
 
-from cluster_helpers import wait_for_line
+from cluster_helpers import up_process, wait_for_line
 
 from cluster.local_api_key import find_api_key
 from cluster.speech import synthesize
@@ -46,12 +43,8 @@ def _microphone_wav(path) -> str:
 def test_the_console_streams_the_microphone_and_draws_the_timeline(ray_cluster, redis_server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster, "MICROTURN_REDIS_URL": redis_server.url,
-           "MICROTURN_SERVE_GRPC_PORT": "0", "MICROTURN_FOREGROUND_NUM_CPUS": "0.1"}
     wav = _microphone_wav(tmp_path / "mic.wav")
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "up"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
+    with up_process(ray_cluster, MICROTURN_REDIS_URL=redis_server.url) as proc:
         lines = wait_for_line(proc, "microturn is up", timeout_s=120)
         url = re.search(r"^realtime .*: (http://\S+)$", "\n".join(lines), re.M).group(1)
         key = find_api_key()
@@ -93,7 +86,3 @@ def test_the_console_streams_the_microphone_and_draws_the_timeline(ray_cluster, 
                 browser.close()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

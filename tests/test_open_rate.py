@@ -6,18 +6,14 @@ A real replica and gateway on loopback (no Ray: `inprocess_servers`)."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import grpc
 import pytest
-import ray
-from inprocess_servers import InProcessReplica, Routed
+from inprocess_servers import replica_and_gateway
 
 from cluster.config import LimitsConfig
-from cluster.gateway import Gateway
-from foreground.deployment import ReplicaSettings
 from foreground.serve.open_rate import OpenRate
-from protos.api_keys import ApiKeys, bearer_metadata, hash_api_key
+from protos.api_keys import bearer_metadata, hash_api_key
 from protos.microturn.v1 import interaction_pb2 as pb, interaction_pb2_grpc
 
 KEY, OTHER_KEY = "mt_rate-test-key", "mt_rate-test-other-key"
@@ -40,23 +36,8 @@ def test_a_bucket_per_key_refills_at_the_rate():
 
 @pytest.fixture(scope="module")
 def servers(redis_server):
-    loop = asyncio.new_event_loop()
-
-    async def start():
-        hashes = (hash_api_key(KEY), hash_api_key(OTHER_KEY))
-        settings = ReplicaSettings(max_sessions=12, redis_url=redis_server.url, threads=1,
-                                   gateway_node_ip=ray.util.get_node_ip_address(), api_key_hashes=hashes,
-                                   limits=LIMITS.model_dump())
-        replica = await InProcessReplica.start(settings)
-        gateway = Gateway("127.0.0.1", 0, Routed(replica), redis_server.url, ApiKeys(hashes), limits=LIMITS)
-        await gateway.start()
-        return replica, gateway
-
-    replica, gateway = loop.run_until_complete(start())
-    yield SimpleNamespace(loop=loop, replica=replica.address, gateway=gateway.address)
-    loop.run_until_complete(gateway.stop(0))
-    loop.run_until_complete(replica.stop())
-    loop.close()
+    yield from replica_and_gateway(redis_server.url, (hash_api_key(KEY), hash_api_key(OTHER_KEY)), max_sessions=12,
+                                   limits=LIMITS)
 
 
 async def _open(channel, key: str, **fields) -> pb.SessionOpened | grpc.aio.AioRpcError:

@@ -15,11 +15,10 @@ import time
 
 import pytest
 
-from cluster_helpers import tone_chunk
+from cluster_helpers import running_cluster, tone_chunk
 
 from cluster.client import InteractionClient
 from cluster.config import load_config
-from cluster.runtime import LocalCluster
 from foreground.serve.session_directory import SessionDirectory
 from foreground.serve.session_journal import SessionJournal
 
@@ -33,12 +32,7 @@ def cluster(ray_cluster, redis_server):
     config = load_config(redis__url=redis_server.url, ray__address=ray_cluster, serve__grpc_port=0,
                          serve__realtime=False, foreground__num_cpus=0.25, foreground__replicas=REPLICAS,
                          foreground__max_sessions=SLOTS_PER_REPLICA, foreground__threads=1)
-    loop = asyncio.new_event_loop()
-    running = LocalCluster(config)
-    loop.run_until_complete(running.__aenter__())
-    yield loop, running
-    loop.run_until_complete(running.__aexit__(None, None, None))
-    loop.close()
+    yield from running_cluster(config)
 
 
 async def _stream(session, freq: float, stop: asyncio.Event) -> None:

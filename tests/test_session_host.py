@@ -2,9 +2,9 @@
 (stale epochs only the conversation), drain says GoAway, idle sessions are closed."""
 
 import asyncio
-import uuid
 
 import pytest
+from cluster_helpers import collect_for
 
 from foreground.engine.tick_scheduler import TickScheduler
 from foreground.model.family import ReferenceFamily
@@ -33,16 +33,6 @@ async def _host(model, redis_url, **settings):
     return host, bus
 
 
-async def _collect(outbox, seconds: float) -> list[pb.ServerMessage]:
-    got, deadline = [], asyncio.get_running_loop().time() + seconds
-    while (left := deadline - asyncio.get_running_loop().time()) > 0:
-        try:
-            got.append(await asyncio.wait_for(outbox.get(), timeout=left))
-        except TimeoutError:
-            break
-    return got
-
-
 def _result(session_id: str, epoch: int, event_id: str) -> events_pb2.Event:
     return events_pb2.Event(session_id=session_id, event_id=event_id, job_id="job-1", epoch=epoch,
                             created_unix_ms=1, tool_result=events_pb2.ToolResult(
@@ -55,10 +45,10 @@ def test_results_reach_the_client_and_are_woven_and_stale_ones_are_not(model, re
         session, _ = await host.open(pb.SessionOpen())
         outbox = session.attach()
         await bus.publish(_result(session.session_id, 0, "fresh"))
-        fresh = await _collect(outbox, 1.0)
+        fresh = await collect_for(outbox, 1.0)
         host.engine.slots.get(session.session_id).state.turn.epoch = 1  # the user barged in
         await bus.publish(_result(session.session_id, 0, "stale"))
-        stale = await _collect(outbox, 1.0)
+        stale = await collect_for(outbox, 1.0)
         conversation = list(host.engine.slots.get(session.session_id).state.conversation)
         await host.stop()
         await bus.close()
@@ -80,7 +70,7 @@ def test_drain_tells_clients_to_go_away_and_idle_sessions_are_closed(model, redi
         session, _ = await host.open(pb.SessionOpen())
         outbox = session.attach()
         await host.drain()
-        got = await _collect(outbox, 2.5)  # the sweeper runs every second
+        got = await collect_for(outbox, 2.5)  # the sweeper runs every second
         await host.stop()
         await bus.close()
         return got, host.sessions

@@ -11,6 +11,7 @@ import uuid
 
 import grpc
 import pytest
+from cluster_helpers import collect_for
 
 from foreground.engine.tick_scheduler import TickScheduler
 from foreground.engine.turn_policy import TurnPolicyConfig
@@ -142,16 +143,6 @@ def _result(session_id: str, event_id: str, epoch: int = 0) -> events_pb2.Event:
                             tool_result=events_pb2.ToolResult(job_id=event_id, tool="clock", result_json="{}"))
 
 
-async def _collect(outbox, seconds: float) -> list[pb.ServerMessage]:
-    got, deadline = [], asyncio.get_running_loop().time() + seconds
-    while (left := deadline - asyncio.get_running_loop().time()) > 0:
-        try:
-            got.append(await asyncio.wait_for(outbox.get(), timeout=left))
-        except TimeoutError:
-            break
-    return got
-
-
 def _seqs_named(error: events_pb2.Error) -> set[int]:
     named = set()
     for a, b in re.findall(r"(\d+)(?:\.\.(\d+))?", error.message.split(" are ")[0]):
@@ -178,7 +169,7 @@ def test_another_host_restores_a_lost_session_and_the_cut_off_one_lets_go(model,
         a.engine.slots.get(sid).state.turn.epoch = 2  # as if the user had barged in twice
         a.request_tool(session, "clock", "{}")  # a DELEGATED turn event: journalled, replayable
         await a.bus.publish(_result(sid, "before", epoch=2))  # handed over by A: never again by B
-        seen = await _collect(outbox, 1.0)
+        seen = await collect_for(outbox, 1.0)
         session.detach(outbox)  # the client's stream broke here...
         await asyncio.sleep(0.3)  # ...while A went on for a few ticks (journalled, never received)
         a.request_tool(session, "calculator", "{}")
@@ -194,7 +185,7 @@ def test_another_host_restores_a_lost_session_and_the_cut_off_one_lets_go(model,
         prefill = bytes(state.text_in)
         again = restored.attach(after_seq=seen[-1].seq)
         await b.bus.publish(_result(sid, "after", epoch=2))  # published once B holds it: B hands it over
-        after = await _collect(again, 1.0)
+        after = await collect_for(again, 1.0)
         where = await b.directory.lookup(sid)
         owner = (await b.journal.load(sid)).replica
         await asyncio.sleep(0.5)  # A's next journal write is refused

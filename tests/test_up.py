@@ -3,20 +3,16 @@ gateway and on the replica's session port (on loopback), makes a local API key t
 by themselves, and leaves nothing behind when stopped."""
 
 import asyncio
-import os
 import re
 import signal
 import stat
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import grpc
 import psutil
 import pytest
 
-from cluster_helpers import wait_for_line
+from cluster_helpers import up_process, wait_for_line
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -32,17 +28,6 @@ async def _open_session(gateway: str, api_key: str | None) -> str:
         return (await client.open_session()).session_id
 
 
-def _start_up(ray_address: str, log: Path, **env: str | None) -> subprocess.Popen:
-    """`microturn up` joining the session's Ray, on a free gRPC port; its stderr goes to `log`.
-    `env` adds variables (and `None` removes one the suite's environment has)."""
-    merged = {**os.environ, "RAY_ADDRESS": ray_address, "MICROTURN_SERVE_GRPC_PORT": "0",
-              "MICROTURN_FOREGROUND_NUM_CPUS": "0.1", **env}
-    with log.open("w") as stderr:
-        return subprocess.Popen([sys.executable, "-m", "cluster.cli", "up"],
-                                env={k: v for k, v in merged.items() if v is not None},
-                                stdout=subprocess.PIPE, stderr=stderr, text=True)
-
-
 def _survivors(children: list[psutil.Process]) -> list[int]:
     """The pids of `children` still running (a zombie has ended; only its parent's wait is due)."""
     time.sleep(0.5)
@@ -51,8 +36,7 @@ def _survivors(children: list[psutil.Process]) -> list[int]:
 
 def test_up_serves_health_and_reflection_then_stops_clean(ray_cluster, redis_server, local_api_key_file, tmp_path):
     log = tmp_path / "up.log"
-    proc = _start_up(ray_cluster, log, MICROTURN_REDIS_URL=redis_server.url)
-    try:
+    with up_process(ray_cluster, log, MICROTURN_REDIS_URL=redis_server.url) as proc:
         lines = wait_for_line(proc, "microturn is up", timeout_s=120)
         gateway = re.search(r"gateway .*: (\S+)$", "\n".join(lines), re.M).group(1)
         replica = re.search(r"foreground replica: (\S+)", "\n".join(lines)).group(1)
@@ -71,10 +55,6 @@ def test_up_serves_health_and_reflection_then_stops_clean(ray_cluster, redis_ser
         children = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert not _survivors(children)
     key = local_api_key_file.read_text().strip()
     assert key not in "\n".join(lines) and key not in log.read_text()  # only where it is, never the key
@@ -84,8 +64,7 @@ def test_sigterm_stops_up_as_cleanly_as_ctrl_c(ray_cluster, local_api_key_file, 
     """Ray's `init` sets a SIGTERM handler that exits at once; `up` takes SIGTERM back, so that
     a `kill` (or a container's stop) ends the gateway, its Serve apps and the embedded
     redis-server it started, as Ctrl-C does."""
-    proc = _start_up(ray_cluster, tmp_path / "up.log", MICROTURN_REDIS_URL=None)
-    try:
+    with up_process(ray_cluster, tmp_path / "up.log", MICROTURN_REDIS_URL=None) as proc:
         wait_for_line(proc, "microturn is up", timeout_s=120)
         children = psutil.Process(proc.pid).children(recursive=True)
         redis_pids = [c.pid for c in children if c.name().startswith("redis-server")]
@@ -93,10 +72,6 @@ def test_sigterm_stops_up_as_cleanly_as_ctrl_c(ray_cluster, local_api_key_file, 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         assert "stopping" in proc.stdout.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     survivors = _survivors(children)
     assert not set(redis_pids) & set(survivors), "the embedded redis-server outlived `up`"
     assert not survivors
