@@ -236,7 +236,7 @@ class JobWorker:
             if calls is not None:
                 for index, call in enumerate(calls):
                     await self._run_call(job, index, call)
-            await self.jobs.ack(entry_id)
+            await self.jobs.ack(entry_id, job.job_id)
             self.stats.finished += 1
             if self.metrics:
                 tool = job.requested_tool.tool or (calls[0].tool if calls else "")
@@ -256,7 +256,7 @@ class JobWorker:
         await self._publish(job, event_id(job.job_id, "job", "abandoned"), error=events_pb2.Error(
             code="ABORTED", field="job", message=f"the background job was started {deliveries} times "
             "and never finished (its workers crashed); it will not be retried"))
-        await self.jobs.ack(entry_id)
+        await self.jobs.ack(entry_id, job.job_id)
 
     async def _plan(self, job: events_pb2.Job) -> list[PlannedCall] | None:
         """The job's calls (the pinned plan when this is a retry), or None after publishing an

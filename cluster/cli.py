@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--minutes", type=float, default=10.0)
     soak.add_argument("--via", choices=["mixed", "direct", "gateway"], default="mixed",
                       help="stream straight to the replica, through the gateway, or half each (default)")
-    soak.add_argument("--warmup-s", type=float, help="RSS baseline after this long (default: 20%% of the run, "
-                                                     "at most 60 s)")
+    soak.add_argument("--warmup-s", type=float, help="RSS baseline after this long (default: the longest "
+                      "session plus limits.events_kept_after_close_s, when Redis holds a steady state; at most 40%% of the run)")
     soak.add_argument("--address", help="a running cluster's gateway (default: start one)")
     duplex = kinds.add_parser("duplex", help="Full-Duplex-Bench-style turn-taking on synthesised dialogues")
     duplex.add_argument("--scenarios", type=int, default=40,

@@ -118,6 +118,9 @@ class LimitsConfig(Section):
     event_bytes: int = Field(65_536, ge=1024, description=(
         "one event published to a session's stream (EventBus Publish, Realtime tool outputs) and one "
         "tool request's arguments"))
+    events_kept_after_close_s: float = Field(60.0, gt=0, description=(
+        "a closed session's event stream and its idempotency markers stay in Redis this long "
+        "(a reader in flight drains the rest; a Subscribe ends with its session)"))
 
 
 class TlsConfig(Section):

@@ -134,7 +134,8 @@ class ForegroundReplica:
         advertised = ray.util.get_node_ip_address() if host in ANY_INTERFACE else host
         self.address = f"{advertised}:{port}"
         self.replica_id = _replica_id()
-        self.directory = SessionDirectory.from_url(settings.redis_url) if settings.redis_url else None
+        self.directory = (SessionDirectory.from_url(settings.redis_url, limits.events_kept_after_close_s)
+                          if settings.redis_url else None)
         self.journal = (SessionJournal.from_url(settings.redis_url, self.replica_id, self.address)
                         if settings.redis_url else None)
         self.host = SessionHost(engine, HostSettings(

@@ -2,10 +2,18 @@
 
 - `mt:session:<id>:events`: `Event` envelopes for one session (bounded length); an entry's
   field `e` holds the serialized Event. Publishing is idempotent on `Event.event_id`: one Lua
-  script (atomic in Redis) checks a marker (`mt:event:<session>:<event_id>`, with a TTL),
-  appends, and records the entry id in the marker, so a retried publish is a no-op and a
-  worker that dies mid-publish leaves either nothing or the whole event: a session sees each
-  result exactly once however often a worker retried.
+  script (atomic in Redis) checks the session's markers (`mt:session:<id>:published`, a hash
+  event_id -> entry id), appends, and records the entry id there, so a retried publish is a
+  no-op and a worker that dies mid-publish leaves either nothing or the whole event: a session
+  sees each result exactly once however often a worker retried. The markers live and expire
+  with the stream (`published_markers`): nothing is left behind per event. A hash holds at most
+  `MARKERS_PER_GENERATION`; then it becomes the previous generation (still checked) and a new
+  one starts, so a session of any length keeps a bounded set and dedupes at least its last
+  `MARKERS_PER_GENERATION` events.
+- Lifetime: a stream and its markers get `STREAM_TTL_S` at their first publish (so the stream
+  of a session that nobody closes, its replica dead, still goes); the replica's heartbeat
+  renews it while the session lives, and closing shortens it to
+  `limits.events_kept_after_close_s` (`foreground.serve.session_directory`).
 - `mt:jobs`: `Job` messages (field `j`) for the background pool's consumer group `pool`.
 
 A bus made with `max_event_bytes` (the gateway's: `limits.event_bytes`) refuses a larger event
@@ -26,18 +34,25 @@ from protos.microturn.v1 import events_pb2
 from protos.redis_client import redis_from_url
 
 EVENTS_MAXLEN = 1000  # per session stream (approximate trimming)
-IDEMPOTENCY_TTL_S = 24 * 3600
+MARKERS_PER_GENERATION = 4 * EVENTS_MAXLEN
+STREAM_TTL_S = 3600  # renewed by the heartbeat while the session lives
 JOBS_STREAM = "mt:jobs"
 JOBS_GROUP = "pool"
 JOBS_MAXLEN = 100_000
 
 
-# KEYS: marker, stream. ARGV: maxlen, payload, ttl. Returns {entry id, 1 if duplicate}.
+# KEYS: markers, previous markers, stream. ARGV: event_id, maxlen, payload, ttl, markers per
+# generation. Returns {entry id, 1 if duplicate}.
 _PUBLISH_ONCE = """
-local seen = redis.call('GET', KEYS[1])
+local seen = redis.call('HGET', KEYS[1], ARGV[1]) or redis.call('HGET', KEYS[2], ARGV[1])
 if seen then return {seen, 1} end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
-redis.call('SET', KEYS[1], id, 'EX', ARGV[3])
+local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3])
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then  -- RENAME keeps the TTL
+  redis.call('RENAME', KEYS[1], KEYS[2])
+end
+redis.call('HSET', KEYS[1], ARGV[1], id)
+if redis.call('TTL', KEYS[3]) < 0 then redis.call('EXPIRE', KEYS[3], ARGV[4]) end
+redis.call('EXPIRE', KEYS[1], redis.call('TTL', KEYS[3]))
 return {id, 0}
 """
 
@@ -48,6 +63,16 @@ class EventTooLarge(ValueError):
 
 def events_stream(session_id: str) -> str:
     return f"mt:session:{session_id}:events"
+
+
+def published_markers(session_id: str) -> tuple[str, str]:
+    """The session's idempotency markers: this generation's hash and the previous one's."""
+    return f"mt:session:{session_id}:published", f"mt:session:{session_id}:published:previous"
+
+
+def session_stream_keys(session_id: str) -> tuple[str, ...]:
+    """Every key that lives and expires with a session's event stream."""
+    return (events_stream(session_id), *published_markers(session_id))
 
 
 class EventBus:
@@ -74,10 +99,9 @@ class EventBus:
         if self.max_event_bytes is not None and len(payload) > self.max_event_bytes:
             raise EventTooLarge(f"event: {len(payload)} bytes, over {self.max_event_bytes} "
                                 "(limit `limits.event_bytes`)")
-        marker = f"mt:event:{event.session_id}:{event.event_id}"
         entry_id, duplicate = await self._publish_once(
-            keys=[marker, events_stream(event.session_id)],
-            args=[EVENTS_MAXLEN, payload, IDEMPOTENCY_TTL_S])
+            keys=[*published_markers(event.session_id), events_stream(event.session_id)],
+            args=[event.event_id, EVENTS_MAXLEN, payload, STREAM_TTL_S, MARKERS_PER_GENERATION])
         return (entry_id.decode() if isinstance(entry_id, bytes) else entry_id), bool(duplicate)
 
     async def read(self, streams: dict[str, str], block_ms: int | None = 100,

@@ -159,9 +159,17 @@ class JobStream:
                 counts[entry_id] = int(pending[0]["times_delivered"])
         return counts
 
-    async def ack(self, entry_id: str) -> int:
-        """Acknowledge a finished job; returns 1 if it was pending, 0 if someone acked it already."""
-        return int(await self.redis.xack(self.stream, self.group, entry_id))
+    async def ack(self, entry_id: str, job_id: str | None = None) -> int:
+        """Acknowledge a finished job and remove it: its entry leaves the stream and its pinned
+        plan goes (nothing retries an acknowledged job), so the stream holds only waiting and
+        running jobs. Returns 1 if it was pending, 0 if someone acked it already."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, self.group, entry_id)
+            pipe.xdel(self.stream, entry_id)
+            if job_id:
+                pipe.delete(_plan_key(job_id))
+            acked, *_ = await pipe.execute()
+        return int(acked)
 
     async def touch(self, consumer: str, entry_ids: list[str]) -> int:
         """Keep a long job from looking abandoned: reset the idle time of the entries that
@@ -174,7 +182,7 @@ class JobStream:
         """Record a job's plan the first time it is made and return the first one recorded.
         A worker that retries a crashed job then makes the same calls under the same event
         ids, even if its reasoner would now plan differently."""
-        key = f"mt:job:{job_id}:plan"
+        key = _plan_key(job_id)
         if await self.redis.set(key, plan, nx=True, ex=PLAN_TTL_S):
             return plan
         pinned = await self.redis.get(key)
@@ -210,6 +218,10 @@ class JobStream:
                 log.error("dropping unreadable job entry %s on %s: %s", entry_id, self.stream, e)
                 await self.ack(entry_id)
         return out
+
+
+def _plan_key(job_id: str) -> str:
+    return f"mt:job:{job_id}:plan"
 
 
 def job_age_s(job: events_pb2.Job, now: float | None = None) -> float:

@@ -10,7 +10,8 @@ import redis
 
 from cluster.event_bus_service import EventBusService
 from foreground.serve.session_directory import SessionDirectory, SessionLocation
-from protos.event_bus import EVENTS_MAXLEN, EventBus, EventTooLarge, events_stream
+import protos.event_bus as event_bus
+from protos.event_bus import EVENTS_MAXLEN, STREAM_TTL_S, EventBus, EventTooLarge, events_stream, session_stream_keys
 from protos.microturn.v1 import eventbus_pb2 as bus_pb, eventbus_pb2_grpc, events_pb2
 
 pytestmark = pytest.mark.timeout(60)
@@ -40,6 +41,58 @@ def test_publish_is_idempotent_on_the_event_id(redis_server):
     first, again, other = _run(main())
     assert first[1] is False and again == (first[0], True) and other[1] is False
     assert redis.Redis.from_url(redis_server.url).xlen(events_stream(session)) == 2
+
+
+def test_duplicates_are_caught_across_a_marker_generation(redis_server, monkeypatch):
+    """The markers roll over into a previous generation at MARKERS_PER_GENERATION: an event of
+    the previous one is still a duplicate, so the set stays bounded and recent retries are caught."""
+    monkeypatch.setattr(event_bus, "MARKERS_PER_GENERATION", 4)
+    session = uuid.uuid4().hex
+
+    async def main():
+        bus = EventBus.from_url(redis_server.url)
+        first = [await bus.publish(_event(session, f"e{i}")) for i in range(6)]
+        again = [await bus.publish(_event(session, f"e{i}")) for i in range(6)]
+        await bus.close()
+        return first, again
+
+    first, again = _run(main())
+    assert [dup for _, dup in first] == [False] * 6
+    assert again == [(entry_id, True) for entry_id, _ in first]
+    client = redis.Redis.from_url(redis_server.url)
+    current, previous = session_stream_keys(session)[1:]
+    assert client.hlen(current) + client.hlen(previous) == 6 and client.hlen(current) <= 4
+    assert client.xlen(events_stream(session)) == 6
+
+
+def test_a_stream_lives_with_its_session_then_expires_with_its_markers(redis_server):
+    """Nothing stays for good: a stream nobody closes has STREAM_TTL_S (its replica may be dead),
+    the heartbeat renews it, and a close leaves the stream and its markers
+    `events_kept_after_close_s`."""
+    session = uuid.uuid4().hex
+    client = redis.Redis.from_url(redis_server.url)
+
+    async def main():
+        bus = EventBus.from_url(redis_server.url)
+        directory = SessionDirectory.from_url(redis_server.url, events_kept_after_close_s=5)
+        await directory.record(SessionLocation(session, "r1", "127.0.0.1:1", "token"))
+        await bus.publish(_event(session, "e1"))
+        fresh = [client.ttl(key) for key in session_stream_keys(session)[:2]]
+        for key in session_stream_keys(session)[:2]:
+            client.expire(key, 100)
+        await directory.refresh([session])
+        renewed = [client.ttl(key) for key in session_stream_keys(session)[:2]]
+        await directory.forget(session, replica_id="r1")
+        await bus.publish(_event(session, "e2"))  # a late result does not bring the stream back for an hour
+        closed = [client.ttl(key) for key in session_stream_keys(session)[:2]]
+        await bus.close()
+        await directory.close()
+        return fresh, renewed, closed
+
+    fresh, renewed, closed = _run(main())
+    assert all(STREAM_TTL_S - 5 <= t <= STREAM_TTL_S for t in fresh + renewed), (fresh, renewed)
+    assert all(0 < t <= 5 for t in closed), closed
+    assert not client.keys(f"mt:event:{session}:*")  # no per-event keys
 
 
 def test_streams_are_bounded(redis_server):

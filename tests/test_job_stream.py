@@ -47,6 +47,7 @@ def test_submit_claim_ack_round_trip(redis_server):
         assert await jobs.ack(ids[0]) == 0  # a second ack is a no-op
         backlog = await jobs.backlog()
         assert (backlog.waiting, backlog.pending) == (0, 0)
+        assert await jobs.redis.xlen(jobs.stream) == 0  # acknowledged jobs leave the stream
 
     _run(redis_server, body)
 
@@ -136,5 +137,18 @@ def test_pin_plan_keeps_the_first_plan(redis_server):
         job_id = uuid.uuid4().hex
         assert await jobs.pin_plan(job_id, '[["clock", "{}"]]') == '[["clock", "{}"]]'
         assert await jobs.pin_plan(job_id, '[["web_search", "{}"]]') == '[["clock", "{}"]]'
+
+    _run(redis_server, body)
+
+
+def test_an_acknowledged_job_leaves_no_plan_behind(redis_server):
+    async def body(jobs: JobStream):
+        await jobs.ensure_group()
+        entry_id = await jobs.submit(_job(0))
+        [(claimed, job)] = await jobs.claim("w1", count=1, block_ms=100)
+        await jobs.pin_plan(job.job_id, '[["clock", "{}"]]')
+        assert await jobs.redis.exists(f"mt:job:{job.job_id}:plan") == 1
+        assert await jobs.ack(claimed, job.job_id) == 1 and claimed == entry_id
+        assert await jobs.redis.exists(f"mt:job:{job.job_id}:plan") == 0
 
     _run(redis_server, body)

@@ -233,7 +233,7 @@ def test_a_worker_process_killed_mid_job_is_finished_by_another_exactly_once(red
 
 def test_a_worker_that_dies_after_publishing_but_before_acking_is_not_seen_twice(redis_server):
     class CrashBeforeAck(JobStream):
-        async def ack(self, entry_id: str) -> int:
+        async def ack(self, entry_id: str, job_id: str | None = None) -> int:
             raise ConnectionError("worker lost before its ack")
 
     class OtherIdea:  # a reasoner that would now plan differently: the pinned plan wins

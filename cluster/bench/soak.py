@@ -289,13 +289,21 @@ def _snapshot(processes: dict[str, int]) -> dict[str, float | None]:
 # -- the run ------------------------------------------------------------------------------------
 
 
+def default_warmup_s(total_s: float, longest_session_s: float, kept_after_close_s: float) -> float:
+    """Until what the cluster holds is in its steady state: the first sessions have all closed
+    and their event streams have expired from Redis (kept `limits.events_kept_after_close_s`),
+    so from then on streams leave as fast as they come. At most 40 % of the run."""
+    return min(longest_session_s + kept_after_close_s, 0.4 * total_s)
+
+
 async def run_soak(config: MicroturnConfig, sessions: int, minutes: float, via: str = "mixed",
                    address: str | None = None, warmup_s: float | None = None) -> dict:
     sys.setswitchinterval(0.0005)  # this process also hosts Ray's driver threads: see deployment.py
     total_s = minutes * 60.0
-    warmup_s = min(60.0, 0.2 * total_s) if warmup_s is None else warmup_s
     span = min(total_s, 120.0)
     lifetime_span = (max(5.0, 0.25 * span), max(6.0, 0.75 * span))
+    if warmup_s is None:
+        warmup_s = default_warmup_s(total_s, lifetime_span[1], config.limits.events_kept_after_close_s)
     frames = _frames()
     tally = SoakTally()
     async with _cluster_or_address(config, address) as (gateway, cluster):

@@ -13,22 +13,27 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from protos.event_bus import events_stream
+from protos.event_bus import STREAM_TTL_S, session_stream_keys
 from protos.redis_client import redis_from_url
 
 SESSION_TTL_S = 3600  # refreshed while the session lives
-EVENTS_KEPT_AFTER_CLOSE_S = 3600  # a closed session's event stream: long enough to read the rest
+# A closed session's event stream and markers (`limits.events_kept_after_close_s`): a Subscribe
+# ends with its session, so this only lets readers in flight drain; an hour here once made
+# Redis grow through every soak.
+EVENTS_KEPT_AFTER_CLOSE_S = 60.0
 REPLICA_TTL_S = 15
+# KEYS: the session's entry, then the keys of its event stream. ARGV: replica, seconds kept.
 _FORGET_IF_HELD = """
 local held_by = redis.call('HGET', KEYS[1], 'replica')
 if held_by and held_by ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[2]))
+for i = 2, #KEYS do redis.call('EXPIRE', KEYS[i], tonumber(ARGV[2])) end
 return 1
 """
 
@@ -45,12 +50,13 @@ class SessionLocation:
 
 
 class SessionDirectory:
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, events_kept_after_close_s: float = EVENTS_KEPT_AFTER_CLOSE_S) -> None:
         self.redis = client
+        self.events_kept_after_close_s = max(1, math.ceil(events_kept_after_close_s))
 
     @classmethod
-    def from_url(cls, url: str) -> SessionDirectory:
-        return cls(redis_from_url(url, decode_responses=True))
+    def from_url(cls, url: str, events_kept_after_close_s: float = EVENTS_KEPT_AFTER_CLOSE_S) -> SessionDirectory:
+        return cls(redis_from_url(url, decode_responses=True), events_kept_after_close_s)
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -72,25 +78,31 @@ class SessionDirectory:
         return SessionLocation(session_id, found["replica"], found["address"], found["token"])
 
     async def refresh(self, session_ids: list[str]) -> None:
-        """Live sessions' entries get their full TTL again (the replica's heartbeat calls this)."""
+        """Live sessions' entries and event streams get their full TTL again (the replica's
+        heartbeat calls this)."""
         if not session_ids:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for session_id in session_ids:
                 pipe.expire(_session_key(session_id), SESSION_TTL_S)
+                for key in session_stream_keys(session_id):
+                    pipe.expire(key, STREAM_TTL_S)
             await pipe.execute()
 
     async def forget(self, session_id: str, replica_id: str | None = None) -> None:
-        """The session is over: its entry goes, and its event stream expires an hour later (a
-        subscriber reads what is left; nothing stays in Redis for good). With `replica_id`,
-        only if the entry still names that replica (another may have restored the session)."""
+        """The session is over: its entry goes, and its event stream and markers expire
+        `events_kept_after_close_s` later (a reader in flight drains what is left; nothing stays
+        in Redis for good). With `replica_id`, only if the entry still names that replica
+        (another may have restored the session)."""
+        stream_keys = session_stream_keys(session_id)
         if replica_id is not None:
-            await self.redis.eval(_FORGET_IF_HELD, 2, _session_key(session_id), events_stream(session_id),
-                                  replica_id, EVENTS_KEPT_AFTER_CLOSE_S)
+            await self.redis.eval(_FORGET_IF_HELD, 1 + len(stream_keys), _session_key(session_id), *stream_keys,
+                                  replica_id, self.events_kept_after_close_s)
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(_session_key(session_id))
-            pipe.expire(events_stream(session_id), EVENTS_KEPT_AFTER_CLOSE_S)
+            for key in stream_keys:
+                pipe.expire(key, self.events_kept_after_close_s)
             await pipe.execute()
 
     async def announce_replica(self, replica_id: str, address: str, live: int, max_sessions: int,
