@@ -53,6 +53,11 @@ def test_the_tally_takes_the_bridges_wait_out_and_merges_raw_samples_before_perc
     one.add_chunk(0, 295 * ms, 104 * ms, 110 * ms, 290 * ms, bridge_wait_ns=100 * ms)
     assert one.overhead_ms == [9.0] and one.inbound_ms == [4.0] and one.outbound_ms == [5.0]
     assert one.bridge_wait_ms == [100.0] and one.late_chunks == 0
+    one.add_hops(0, 2 * ms, 102 * ms, 104 * ms, 290 * ms, 293 * ms, 295 * ms)  # the bridge had the output at 293
+    hops = one.report()
+    assert (hops["client_to_bridge_ms_p50"], hops["bridge_to_replica_ms_p50"], hops["replica_to_bridge_ms_p50"],
+            hops["bridge_to_client_ms_p50"]) == (2.0, 2.0, 3.0, 2.0)  # they add up to the overhead, 9
+    assert "client_to_bridge_ms_p50" not in LoadTally().report()  # gRPC clients have no bridge
     fast, slow = LoadTally(overhead_ms=[1.0] * 99), LoadTally(overhead_ms=[50.0] * 3, errors=["x"], chunks_sent=3)
     merged = LoadTally()
     for tally in (fast, slow):
@@ -93,5 +98,7 @@ def test_a_tiny_realtime_and_grpc_load_from_two_client_processes(ray_cluster, re
     _check(realtime, "realtime")
     assert realtime["bridge_wait_ms_p50"] is not None and realtime["bridge_wait_ms_p50"] >= 0
     assert realtime["realtime_audio_deltas"] is not None
+    assert all(realtime[f"{hop}_ms_p99"] > -1.0 for hop in ("client_to_bridge", "bridge_to_replica",
+                                                            "replica_to_bridge", "bridge_to_client"))
     _check(direct, "direct")
     assert direct["bridge_wait_ms_p50"] is None

@@ -129,4 +129,8 @@ class _RealtimeClient:
         bridge_wait = t["chunk_sent_unix_ns"] - t["append_received_unix_ns"]
         self.tally.add_chunk(sent, received_ns, t["chunk_received_unix_ns"], t["tick_started_unix_ns"],
                              t["tick_ended_unix_ns"], bridge_wait_ns=bridge_wait)
+        if t.get("bridge_received_unix_ns"):
+            self.tally.add_hops(sent, t["append_received_unix_ns"], t["chunk_sent_unix_ns"],
+                                t["chunk_received_unix_ns"], t["tick_ended_unix_ns"], t["bridge_received_unix_ns"],
+                                received_ns)
         self.used.add(event_id)

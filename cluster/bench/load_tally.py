@@ -19,6 +19,11 @@ class LoadTally:
     outbound_ms: list[float] = field(default_factory=list)  # tick end -> client receipt
     round_trip_ms: list[float] = field(default_factory=list)
     bridge_wait_ms: list[float] = field(default_factory=list)  # realtime: append at the bridge -> its pacer sent it
+    # realtime, each hop apart: client -> bridge, bridge -> replica, replica -> bridge, bridge -> client
+    client_to_bridge_ms: list[float] = field(default_factory=list)
+    bridge_to_replica_ms: list[float] = field(default_factory=list)
+    replica_to_bridge_ms: list[float] = field(default_factory=list)
+    bridge_to_client_ms: list[float] = field(default_factory=list)
     audio_chunks: int = 0  # ticks told to the client (AudioOut; realtime: audio deltas and microturn.tick)
     audio_deltas: int = 0  # realtime: `response.output_audio.delta` events among them
     chunks_sent: int = 0
@@ -43,6 +48,14 @@ class LoadTally:
             self.bridge_wait_ms.append(bridge_wait_ns / 1e6)
         if tick_started_ns - chunk_received_ns > CHUNK_S * 1e9:
             self.late_chunks += 1
+
+    def add_hops(self, sent_ns: int, append_received_ns: int, chunk_sent_ns: int, chunk_received_ns: int,
+                 tick_ended_ns: int, bridge_received_ns: int, received_ns: int) -> None:
+        """Realtime: where the overhead goes, hop by hop (the bridge's own stamps)."""
+        self.client_to_bridge_ms.append((append_received_ns - sent_ns) / 1e6)
+        self.bridge_to_replica_ms.append((chunk_received_ns - chunk_sent_ns) / 1e6)
+        self.replica_to_bridge_ms.append((bridge_received_ns - tick_ended_ns) / 1e6)
+        self.bridge_to_client_ms.append((received_ns - bridge_received_ns) / 1e6)
 
     def add_woven(self, published_ns: int, received_ns: int, woven_ns: int) -> None:
         self.woven_ms.append((woven_ns - published_ns) / 1e6)
@@ -71,6 +84,12 @@ class LoadTally:
             "round_trip_ms_p99": _p(self.round_trip_ms, 99, 2),
             "bridge_wait_ms_p50": _p(self.bridge_wait_ms, 50, 2) if self.bridge_wait_ms else None,
             "bridge_wait_ms_p99": _p(self.bridge_wait_ms, 99, 2) if self.bridge_wait_ms else None,
+            **{f"{name}_ms_{q}": _p(samples, int(q[1:]), 2)
+               for name, samples in (("client_to_bridge", self.client_to_bridge_ms),
+                                     ("bridge_to_replica", self.bridge_to_replica_ms),
+                                     ("replica_to_bridge", self.replica_to_bridge_ms),
+                                     ("bridge_to_client", self.bridge_to_client_ms)) if samples
+               for q in ("p50", "p99")},
             "chunks_sent": self.chunks_sent,
             "late_chunks": self.late_chunks,
             "bg_results_published": self.results_published,

@@ -280,9 +280,10 @@ class RealtimeBridge:
             self.link.end(f"session closed: {message.closed.reason}")
 
     async def _on_audio(self, message: pb.ServerMessage) -> None:
+        received_ns = time.time_ns()
         audio = message.audio
         await self.turns.on_tick(message.tick, audio)
-        timing = self.link.tick_timing(audio.timing) if self.link.timing else None
+        timing = self.link.tick_timing(audio.timing, received_ns) if self.link.timing else None
         response = self.responses.audible()
         if response is None:
             if timing is not None:

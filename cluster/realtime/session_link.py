@@ -164,11 +164,13 @@ class SessionLink:
             except Exception:  # noqa: BLE001 - the session failed: the pump says why and ends it
                 return
 
-    def tick_timing(self, timing: pb.TickTiming) -> dict[str, Any]:
-        """What this tick used and when (wall-clock ns; see the module docstring)."""
+    def tick_timing(self, timing: pb.TickTiming, received_unix_ns: int) -> dict[str, Any]:
+        """What this tick used and when (wall-clock ns; see the module docstring);
+        `received_unix_ns`: when the bridge had the tick's AudioOut."""
         source = self.chunk_sources.get(timing.input_seq)
         return {"input_seq": timing.input_seq, "input_event_id": source.event_id if source else None,
                 "append_received_unix_ns": source.received_unix_ns if source else None,
                 "chunk_sent_unix_ns": self.upstream.sent_ns.get(timing.input_seq),
                 "chunk_received_unix_ns": timing.input_received_unix_ns,
-                "tick_started_unix_ns": timing.tick_started_unix_ns, "tick_ended_unix_ns": timing.tick_ended_unix_ns}
+                "tick_started_unix_ns": timing.tick_started_unix_ns, "tick_ended_unix_ns": timing.tick_ended_unix_ns,
+                "bridge_received_unix_ns": received_unix_ns}
