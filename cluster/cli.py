@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from cluster.backgrounds import BENCH_KINDS
+from cluster import event_loop
 from cluster.config import ConfigError, load_config
 
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint:
             foreground = config.foreground.model_copy(update={"checkpoint": args.checkpoint})
             config = config.model_copy(update={"foreground": foreground})
-        return asyncio.run(run_up(config))
+        return event_loop.run(run_up(config))
     if args.command == "gateway":
         return _gateway(args, config)
     if args.command == "demo":
@@ -238,7 +239,7 @@ def _gateway(args: argparse.Namespace, config) -> int:
     host = args.host or config.serve.host
     port = config.serve.grpc_port if args.port is None else args.port
     metrics_port = (config.serve.metrics_port or 0) if args.metrics_port is None else args.metrics_port
-    return asyncio.run(run_gateway(config, host, port, metrics_port, args.wait_s))
+    return event_loop.run(run_gateway(config, host, port, metrics_port, args.wait_s))
 
 
 def _talk(args: argparse.Namespace, config) -> int:

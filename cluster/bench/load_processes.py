@@ -19,6 +19,7 @@ import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+from cluster import event_loop
 from cluster.bench.load_grpc_client import run_grpc_sessions
 from cluster.bench.load_pacing import monotonic_at
 from cluster.bench.load_realtime_client import run_realtime_sessions
@@ -92,7 +93,7 @@ def _client_process(conn: Connection, target: LoadTarget, plans: list[SessionPla
     try:
         conn.send(READY)
         start_unix = conn.recv()
-        tally = asyncio.run(run_share(target, plans, start_unix))
+        tally = event_loop.run(run_share(target, plans, start_unix))
     except EOFError:  # the parent gave up before the start
         return
     except Exception as e:  # the parent counts it; the other processes' samples still count
