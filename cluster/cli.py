@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         from cluster.demo import new_run_dir, run_demo
 
         run_dir = new_run_dir(args.runs)
-        summary = asyncio.run(run_demo(config, run_dir))
+        summary = event_loop.run(run_demo(config, run_dir))
         print(f"demo written to {run_dir}/")
         print(json.dumps(summary, indent=2))
         return 0
@@ -214,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.address and config.foreground.max_sessions < args.sessions:
             config = config.model_copy(update={"foreground": config.foreground.model_copy(
                 update={"max_sessions": args.sessions})})
-        result = asyncio.run(run_load(config, args.sessions, args.seconds, args.via, args.address,
+        result = event_loop.run(run_load(config, args.sessions, args.seconds, args.via, args.address,
                                       args.client_processes, args.realtime_url))
         return _report(result, args.json)
     if args.command == "bench" and args.kind == "soak":
@@ -253,7 +252,7 @@ def _talk(args: argparse.Namespace, config) -> int:
         return 2
     address = args.address or f"{config.serve.host}:{config.serve.grpc_port}"
     try:
-        summary = asyncio.run(run_talk(address, args.out or default_out(), args.wav, args.direct,
+        summary = event_loop.run(run_talk(address, args.out or default_out(), args.wav, args.direct,
                                        args.tail_s, args.policy, find_api_key(config.auth.key_file)))
     except UnsupportedAudio as e:
         print(f"--wav {e}", file=sys.stderr)
@@ -274,7 +273,7 @@ def _soak(args: argparse.Namespace, config) -> int:
     if not args.address and config.foreground.max_sessions < args.sessions:
         config = config.model_copy(update={"foreground": config.foreground.model_copy(
             update={"max_sessions": args.sessions})})
-    result = asyncio.run(run_soak(config, args.sessions, args.minutes, args.via, args.address, args.warmup_s))
+    result = event_loop.run(run_soak(config, args.sessions, args.minutes, args.via, args.address, args.warmup_s))
     return _report(result, args.json)
 
 
@@ -287,7 +286,7 @@ def _duplex(args: argparse.Namespace, config) -> int:
     if not args.address and config.foreground.max_sessions < args.concurrency:
         config = config.model_copy(update={"foreground": config.foreground.model_copy(
             update={"max_sessions": args.concurrency})})
-    result = asyncio.run(run_duplex(config, args.scenarios, args.seed, args.policy, args.address, args.runs,
+    result = event_loop.run(run_duplex(config, args.scenarios, args.seed, args.policy, args.address, args.runs,
                                     args.concurrency, args.speech_source, args.noise, args.snr_db))
     return _report(result, args.json)
 
