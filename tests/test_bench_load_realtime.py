@@ -8,10 +8,17 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing
+import os
+import pickle
+import struct
+import threading
+import time
 
 import pytest
 
+from cluster import event_loop
 from cluster.bench.load import run_load
+from cluster.bench.load_processes import _reply
 from cluster.bench.load_tally import LoadTally
 from cluster.config import load_config
 from cluster.realtime.audio import AudioSource, InputBuffer
@@ -44,6 +51,31 @@ def test_the_input_buffer_names_the_append_that_carried_each_chunks_last_byte():
     buf.append(bytes(CHUNK), e)
     buf.take()
     assert buf.last_source == e
+
+
+@pytest.mark.timeout(30)
+def test_a_client_processs_tally_that_arrives_in_pieces_is_read_whole_on_uvloop():
+    """uvloop's add_reader leaves the pipe non-blocking; a tally that arrives in pieces (a 20 s
+    run's samples are a few hundred kB) must still be read whole, not dropped as "sent no results"."""
+    mine, theirs = multiprocessing.Pipe()
+    tally = LoadTally(overhead_ms=[float(i) for i in range(10_000)])
+    data = pickle.dumps(tally)
+    assert 60_000 < len(data) < 120_000
+    half = len(data) // 2
+
+    def send_in_two_pieces() -> None:  # Connection.send's framing: a 4-byte length, then the bytes
+        time.sleep(0.2)  # the reader waits on the event loop by then
+        os.write(theirs.fileno(), struct.pack("!i", len(data)) + data[:half])
+        time.sleep(0.3)  # the reader has been woken and is reading: the rest comes later
+        os.write(theirs.fileno(), data[half:])
+
+    sender = threading.Thread(target=send_in_two_pieces)
+    sender.start()
+    try:
+        got = event_loop.run(_reply(mine, timeout_s=10))
+    finally:
+        sender.join()
+    assert isinstance(got, LoadTally) and got.overhead_ms == tally.overhead_ms
 
 
 def test_the_tally_takes_the_bridges_wait_out_and_merges_raw_samples_before_percentiles():

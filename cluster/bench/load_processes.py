@@ -15,6 +15,7 @@ import asyncio
 import logging
 import math
 import multiprocessing
+import os
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -118,6 +119,7 @@ async def _reply(conn: Connection, timeout_s: float) -> object | None:
         return None
     finally:
         loop.remove_reader(conn.fileno())
+    os.set_blocking(conn.fileno(), True)  # uvloop's add_reader made it non-blocking: recv would stop short
     try:
         return conn.recv()
     except (EOFError, OSError):
