@@ -25,6 +25,7 @@ from background.tools.config import ToolsConfig
 from background.tools.registry import default_registry
 from background.worker import DEFAULT_RECLAIM_IDLE_MS, JobWorker
 from protos.event_bus import EventBus
+from protos.gc_pauses import freeze_startup_objects
 from protos.job_stream import JobStream
 from protos.redis_client import redis_from_url
 
@@ -80,6 +81,7 @@ class BackgroundPool:
             await start()
         await self.jobs.ensure_group()
         self._task = asyncio.create_task(self.worker.run_forever())
+        freeze_startup_objects(f"background replica {self.replica_id}")
         log.info("background replica %s: reasoner %s, tools %s, %d lanes", self.replica_id,
                  settings.reasoner, ", ".join(self.tools.names()), settings.concurrency)
 

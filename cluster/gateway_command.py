@@ -28,6 +28,7 @@ from cluster.cluster_secrets import cluster_api_keys, refuse_placeholders
 from cluster.config import ConfigError, MicroturnConfig
 from cluster.gateway import Gateway
 from cluster.ray_runtime import start_ray
+from protos.gc_pauses import freeze_startup_objects
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ async def run_gateway(config: MicroturnConfig, host: str, port: int, metrics_por
         await realtime.start()
         print(f"realtime (OpenAI Realtime WebSocket /v1/realtime, console /): {realtime.url}", flush=True)
 
+    freeze_startup_objects("gateway")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -59,6 +59,7 @@ from foreground.serve.session_journal import SessionJournal
 from foreground.serve.session_limits import SessionLimits
 from protos.api_keys import ApiKeyInterceptor, ApiKeys
 from protos.event_bus import EventBus
+from protos.gc_pauses import freeze_startup_objects
 from protos.job_stream import JobStream
 from protos.microturn.v1 import interaction_pb2, interaction_pb2_grpc
 from protos.standard_services import add_standard_services, mark_not_serving, mark_serving
@@ -151,6 +152,7 @@ class ForegroundReplica:
         await self.host.start(follower)
         await self.server.start()
         await mark_serving(self.health, [INTERACTION])
+        freeze_startup_objects(f"foreground replica {self.replica_id}")
         log.info("foreground replica %s: %d slots, sessions on %s", self.replica_id, settings.max_sessions,
                  self.address)
 
