@@ -23,7 +23,7 @@ from cluster.local_api_key import find_api_key, local_api_key
 from cluster.ray_runtime import ray_for, ray_metrics_urls
 from cluster.redis_server import redacted_url, redis_for
 from protos.api_keys import ApiKeys, hash_api_key
-from protos.gc_pauses import freeze_startup_objects
+from protos.gc_pauses import freeze_startup_objects, thaw_startup_objects
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class LocalCluster:
                                    gateway_metrics=metrics_url, ray_metrics=ray_metrics_urls(),
                                    realtime=realtime_url, tls=_describe_tls(cfg.tls))
         freeze_startup_objects("gateway")  # this process relays streams from now on
+        self._stack.callback(thaw_startup_objects)
 
     def _with_api_keys(self, config: MicroturnConfig) -> tuple[MicroturnConfig, str]:
         """The config with the keys this cluster accepts, and where clients find theirs. With

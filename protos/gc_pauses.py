@@ -26,3 +26,9 @@ def freeze_startup_objects(process: str) -> int:
     frozen = gc.get_freeze_count()
     log.info("%s: %d start-up objects moved out of the collector's walks (gc.freeze)", process, frozen)
     return frozen
+
+
+def thaw_startup_objects() -> None:
+    """Back to the collector's walks: for a process that goes on after its server stopped (a
+    test session, a bench), whose start-up objects may become garbage."""
+    gc.unfreeze()
