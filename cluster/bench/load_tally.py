@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from foreground.engine.percentiles import percentile
 
 CHUNK_S = 0.2  # one tick: a chunk that waited longer for its tick is late
+HOPS = ("client_to_bridge", "bridge_to_replica", "replica_to_bridge", "bridge_to_client")  # `<hop>_ms` samples
 
 
 @dataclass
@@ -70,6 +71,15 @@ class LoadTally:
             else:
                 setattr(self, f.name, mine + getattr(other, f.name))
 
+    def _hop_percentiles(self) -> dict:
+        """`<hop>_ms_p50/p99` for each realtime hop measured (none for gRPC clients)."""
+        out = {}
+        for hop in HOPS:
+            samples = getattr(self, f"{hop}_ms")
+            if samples:
+                out[f"{hop}_ms_p50"], out[f"{hop}_ms_p99"] = _p(samples, 50, 2), _p(samples, 99, 2)
+        return out
+
     def report(self) -> dict:
         """The JSON keys `bench load` has always printed, from the merged samples."""
         return {
@@ -84,12 +94,7 @@ class LoadTally:
             "round_trip_ms_p99": _p(self.round_trip_ms, 99, 2),
             "bridge_wait_ms_p50": _p(self.bridge_wait_ms, 50, 2) if self.bridge_wait_ms else None,
             "bridge_wait_ms_p99": _p(self.bridge_wait_ms, 99, 2) if self.bridge_wait_ms else None,
-            **{f"{name}_ms_{q}": _p(samples, int(q[1:]), 2)
-               for name, samples in (("client_to_bridge", self.client_to_bridge_ms),
-                                     ("bridge_to_replica", self.bridge_to_replica_ms),
-                                     ("replica_to_bridge", self.replica_to_bridge_ms),
-                                     ("bridge_to_client", self.bridge_to_client_ms)) if samples
-               for q in ("p50", "p99")},
+            **self._hop_percentiles(),
             "chunks_sent": self.chunks_sent,
             "late_chunks": self.late_chunks,
             "bg_results_published": self.results_published,

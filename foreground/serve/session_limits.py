@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from foreground.engine.input_validation import LimitExceeded
+from foreground.serve.session_directory import EVENTS_KEPT_AFTER_CLOSE_S
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class SessionLimits:
     opens_per_key_per_second: float = 4.0  # new sessions per API key, after a burst (`open_rate`)
     opens_burst: int = 64
     event_bytes: int = 65_536  # one event a session publishes; one tool request's arguments
-    events_kept_after_close_s: float = 60.0  # a closed session's stream in Redis (`session_directory`)
+    events_kept_after_close_s: float = EVENTS_KEPT_AFTER_CLOSE_S  # a closed session's stream in Redis
 
 
 class RateWindow:
