@@ -70,11 +70,19 @@ def test_a_missing_chunk_becomes_silence_and_is_counted(model):
     assert torch.count_nonzero(engine.audio.pcm16k[1]) == 0
 
 
+def _speech_chunks(count: int) -> list[bytes]:
+    """`count` 200 ms chunks of synthesised speech with no pause in them."""
+    pcm = synthesize("the quick brown fox jumps over the lazy dog again and again", rate_wpm=200)
+    pcm16 = (np.clip(pcm, -1, 1) * 32767).astype("<i2")
+    start = int(np.argmax(np.abs(pcm16) > 1000))  # from the first sound on
+    return [pcm16[start + k * IN_SAMPLES: start + (k + 1) * IN_SAMPLES].tobytes() for k in range(count)]
+
+
 def test_a_session_behind_real_time_catches_up_in_a_pause(model):
     engine = _engine(model)
     engine.join("slipped")
     silence = bytes(2 * IN_SAMPLES)
-    for chunk in (_tone(), _tone(), silence, silence):  # a backlog: two chunks too many
+    for chunk in (*_speech_chunks(2), silence, silence):  # a backlog: two chunks too many
         engine.submit_audio("slipped", chunk)
     engine.tick()
     engine.tick()  # speech is never skipped, even when behind
@@ -82,6 +90,36 @@ def test_a_session_behind_real_time_catches_up_in_a_pause(model):
     engine.tick()  # behind and silent: one chunk is skipped to catch up
     record = engine.slots.get("slipped")
     assert record.skipped_chunks == 1 and record.state.queue_size == 0
+
+
+def test_a_session_behind_under_a_steady_tone_catches_up_at_once(model):
+    """A tone (or hum, or noise) never pauses: the VAD's "no speech" lets the session skip a
+    chunk of it, instead of staying a tick late for the rest of its life."""
+    engine = _engine(model)
+    engine.join("hum")
+    engine.submit_audio("hum", _tone())
+    engine.tick()
+    assert not engine.slots.get("hum").state.heard_speech
+    engine.tick()  # the next chunk slips past this boundary: silence, counted late
+    assert engine.slots.get("hum").late_chunks == 1
+    for seq in (2, 3):  # ... and arrives with the one after it
+        engine.submit_audio("hum", _tone(), seq=seq)
+    outputs = engine.tick()
+    record = engine.slots.get("hum")
+    assert record.skipped_chunks == 1 and record.state.queue_size == 0
+    assert outputs[0].input_seq == 3  # the newest: back on time
+
+
+def test_a_backlog_of_speech_before_the_first_tick_is_kept(model):
+    """What a client buffered while its session opened is played late rather than lost."""
+    engine = _engine(model)
+    engine.join("early")
+    for chunk in _speech_chunks(3):
+        engine.submit_audio("early", chunk)
+    engine.tick()
+    engine.tick()
+    record = engine.slots.get("early")
+    assert record.state.heard_speech and record.skipped_chunks == 0 and record.state.queue_size == 1
 
 
 def test_a_flooding_client_loses_its_oldest_chunks_not_real_time(model):

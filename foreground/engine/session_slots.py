@@ -44,7 +44,7 @@ class SessionRecord:
     ticks: int = 0
     late_chunks: int = 0  # ticks with no chunk (after the first one arrived): silence instead
     dropped_chunks: int = 0  # chunks dropped because the client sent faster than real time
-    skipped_chunks: int = 0  # near-silent chunks skipped to catch up after a slip
+    skipped_chunks: int = 0  # chunks that were not speech, skipped to catch up after a slip
     state: SessionState = field(default_factory=SessionState)
 
 

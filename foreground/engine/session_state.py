@@ -55,6 +55,9 @@ class SessionState:
     queue_size: int = 0
     queue_meta: list[tuple] = field(default_factory=list)
     audio_started: bool = False  # a first chunk arrived: from now on a tick without one is late
+    # the last tick's VAD heard speech in this session's audio (True until it has heard any:
+    # what a client buffered before its first tick is never judged unheard)
+    heard_speech: bool = True
     # this tick's
     input_meta: tuple[int, int] = (0, 0)  # (client seq, received ns) of the chunk it used
     woven_now: list[WovenResult] = field(default_factory=list)

@@ -262,7 +262,11 @@ class TickScheduler:
         self.family.forward(batch, model_audio, self.audio.text_ids[:batch])
         STAGES.lap("model.forward_rest")
         states = [r.state for r in records]
-        decisions = self.family.decide(states, self.tick_count, self.vad_probs[:batch].tolist())
+        probs = self.vad_probs[:batch].tolist()
+        threshold = self.turn_config.vad_threshold
+        for state, windows in zip(states, probs, strict=True):
+            state.heard_speech = max(windows) >= threshold
+        decisions = self.family.decide(states, self.tick_count, probs)
         STAGES.lap("engine.decide")
         self._voice(batch, decisions)
         outputs = self._collect(records, decisions)
@@ -316,10 +320,13 @@ class TickScheduler:
     def _next_chunk(self, record: SessionRecord):
         """The oldest queued chunk. A session whose queue holds more than the chunk it needs
         is behind real time (a chunk slipped past a tick boundary and the client keeps
-        sending at pace): it catches up by skipping a near-silent chunk, as jitter buffers
-        shrink in pauses, rather than carrying an extra tick of delay for good."""
+        sending at pace): it catches up by skipping a chunk that is not speech, as jitter
+        buffers shrink in pauses, rather than carrying an extra tick of delay for good. Not
+        speech: near-silent, or the last tick's VAD heard no speech (steady noise, hum or a
+        tone never pauses, and would otherwise keep the session a tick late for its whole life)."""
         chunk = self.queue.pop(record)
-        while chunk is not None and record.state.queue_size > 0 and self._near_silent(chunk):
+        while (chunk is not None and record.state.queue_size > 0
+               and (not record.state.heard_speech or self._near_silent(chunk))):
             record.skipped_chunks += 1
             chunk = self.queue.pop(record)
         if chunk is not None:
