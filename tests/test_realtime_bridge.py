@@ -25,9 +25,11 @@ class FakeUpstream:
         self.sent: list = []
         self.sent_ns: dict[int, int] = {}
         self.inbox: asyncio.Queue = asyncio.Queue()
+        self.guard_s: float | None = None
 
     def chunk_clock(self, guard_s: float = 0.025, period_s: float = 0.2) -> float:
         import time
+        self.guard_s = guard_s
         return time.monotonic() + 3600  # the pacer never fires in these tests
 
     async def send_audio(self, pcm16, seq, sample_rate=0):
@@ -136,6 +138,24 @@ def test_bad_events_get_an_error_naming_the_field_and_the_session_goes_on():
         await h.close()
 
     run(scenario())
+
+
+def test_each_link_sends_its_chunks_at_a_guard_of_its_own():
+    """The bridge's sessions do not all send at the same moment before the tick."""
+    from cluster.realtime.session_link import PACER_GUARD_S
+
+    async def guard_of_one_link():
+        h = Harness()
+        await h.client(type="session.update", session={"type": "realtime"})
+        for _ in range(10):  # the pacer task asks for its clock
+            await asyncio.sleep(0)
+        guard = h.upstream.guard_s
+        await h.close()
+        return guard
+
+    guards = [run(guard_of_one_link()) for _ in range(8)]
+    assert all(PACER_GUARD_S[0] <= g <= PACER_GUARD_S[1] for g in guards), guards
+    assert len(set(guards)) == len(guards), guards
 
 
 def test_session_update_picks_the_turn_policy_and_it_is_fixed_once_open():

@@ -7,6 +7,9 @@ first event, or `bridge.OPEN_AFTER_S` after connecting). Then two tasks run:
 - the pacer sends one chunk of `SessionOpened.tick_ms` of the client's audio every tick, on the
   wall clock, aligned with the replica's ticks (`ClientSession.chunk_clock`), silence when the
   client's audio has not arrived; after a stall it starts its clock again rather than burst.
+  Each link sends at a guard of its own before the boundary (`PACER_GUARD_S`), so that the
+  bridge's sessions do not all send in the same millisecond and queue behind each other in
+  this process and the replica.
 
 With `timing` (`?microturn_timing=1`: what `microturn bench load --via realtime` asks for), the
 link remembers which client event carried each chunk's last byte, so that every tick's timing
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 CLOSE_WAIT_S = 2.0  # for the replica's `closed` after the client left
 CATCH_UP_TICKS = 4  # the pacer sends missed chunks up to this many at once, else restarts its clock
 SOURCES_KEPT = 64  # chunks whose source the link remembers for `timing` (a tick uses a recent one)
+PACER_GUARD_S = (0.015, 0.045)  # how long before the replica's tick a link sends its chunk: drawn per link
 
 OnMessage = Callable[[pb.ServerMessage], Awaitable[None]]
 
@@ -60,6 +65,7 @@ class SessionLink:
         self.buffer = InputBuffer(PCM_RATE // 5)  # 200 ms until SessionOpened says otherwise
         self.upstream = None  # cluster.client.ClientSession, once open
         self.tick_ms = 200
+        self.guard_s = random.uniform(*PACER_GUARD_S)
         self.chunk_sources: dict[int, AudioSource] = {}  # pacer seq -> its source (with `timing`)
         self.ended: asyncio.Future[BridgeClosed] = asyncio.get_running_loop().create_future()
         self._stack = contextlib.AsyncExitStack()
@@ -145,7 +151,7 @@ class SessionLink:
         """One chunk per tick on the wall clock, aligned with the replica's ticks."""
         period = self.tick_ms / 1000
         upstream = self.upstream
-        t0 = upstream.chunk_clock(period_s=period)
+        t0 = upstream.chunk_clock(guard_s=self.guard_s, period_s=period)
         seq = 0
         while True:
             seq += 1
