@@ -107,7 +107,9 @@ def _check(result: dict, via: str) -> None:
         assert math.isfinite(result[key]) and result[key] > -1.0, (key, result[key])  # one clock: >= 0, to rounding
     assert result["chunk_overhead_ms_p99"] < result["round_trip_ms_p99"]
     assert result["bg_results_published"] > 0 and result["bg_results_woven"] >= 1
-    clients = [p for p in multiprocessing.active_children() if p.name.startswith("microturn-bench-client")]
+    assert result["transport_floor_messages"] > 0 and 0 < result["transport_floor_ms_p50"] <= result["transport_floor_ms_p99"]
+    clients = [p for p in multiprocessing.active_children()
+               if p.name.startswith(("microturn-bench-client", "microturn-transport-floor"))]
     assert not clients  # every client process was ended (other tests' processes, e.g. vLLM's, may live on)
 
 

@@ -32,17 +32,23 @@ tick that took its first tokens started (from the replica's `Woven` messages, or
 Waiting for the next boundary is uniform over one tick, so p99 can be at most ~2 ms above
 198 ms for the target (one tick) to hold.
 
+Before the cluster starts, `transport_floor_ms_*` measures what bare grpc.aio takes on this
+machine to write one tick's message to as many streams from one event loop, read by as many
+client processes (`transport_floor`): the outbound (and so the overhead) cannot go below it.
+
 The clients run in `--client-processes` spawned processes (default: one per 16 sessions;
 `load_processes`), whose raw samples are merged before percentiles are taken (`load_tally`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
 from cluster.bench.load_processes import default_processes, run_clients
 from cluster.bench.load_share import LoadTarget, plan_sessions
+from cluster.bench.transport_floor import measure_transport_floor
 from cluster.config import MicroturnConfig
 from cluster.local_api_key import find_api_key
 from cluster.runtime import LocalCluster
@@ -59,6 +65,8 @@ async def run_load(config: MicroturnConfig, sessions: int, seconds: float, via: 
         raise ValueError(f"via: one of {', '.join(VIAS)}, not {via!r}")
     processes = default_processes(sessions) if client_processes is None else client_processes
     sys.setswitchinterval(0.0005)  # this process may host Ray's driver threads: see deployment.py
+    log.info("transport floor: bare gRPC to %d streams from %d client processes", sessions, processes)
+    floor = await asyncio.to_thread(measure_transport_floor, sessions, processes)
     async with _cluster_or_address(config, address) as (gateway, cluster):
         target = LoadTarget(
             via=via, gateway=gateway, seconds=seconds,
@@ -75,6 +83,7 @@ async def run_load(config: MicroturnConfig, sessions: int, seconds: float, via: 
         "via": via,
         "client_processes": processes,
         **tally.report(),
+        **floor.report(),
         "realtime_audio_deltas": tally.audio_deltas if via == "realtime" else None,
         "tick_ms_p50": replica.get("tick_ms_p50"),
         "tick_ms_p99": replica.get("tick_ms_p99"),

@@ -77,36 +77,37 @@ class LoadTally:
         for hop in HOPS:
             samples = getattr(self, f"{hop}_ms")
             if samples:
-                out[f"{hop}_ms_p50"], out[f"{hop}_ms_p99"] = _p(samples, 50, 2), _p(samples, 99, 2)
+                out[f"{hop}_ms_p50"], out[f"{hop}_ms_p99"] = rounded_percentile(samples, 50, 2), rounded_percentile(samples, 99, 2)
         return out
 
     def report(self) -> dict:
         """The JSON keys `bench load` has always printed, from the merged samples."""
         return {
             "chunks_measured": len(self.overhead_ms),
-            "chunk_overhead_ms_p50": _p(self.overhead_ms, 50, 3),
-            "chunk_overhead_ms_p99": _p(self.overhead_ms, 99, 3),
-            "inbound_ms_p50": _p(self.inbound_ms, 50, 3),
-            "inbound_ms_p99": _p(self.inbound_ms, 99, 3),
-            "outbound_ms_p50": _p(self.outbound_ms, 50, 3),
-            "outbound_ms_p99": _p(self.outbound_ms, 99, 3),
-            "round_trip_ms_p50": _p(self.round_trip_ms, 50, 2),
-            "round_trip_ms_p99": _p(self.round_trip_ms, 99, 2),
-            "bridge_wait_ms_p50": _p(self.bridge_wait_ms, 50, 2) if self.bridge_wait_ms else None,
-            "bridge_wait_ms_p99": _p(self.bridge_wait_ms, 99, 2) if self.bridge_wait_ms else None,
+            "chunk_overhead_ms_p50": rounded_percentile(self.overhead_ms, 50, 3),
+            "chunk_overhead_ms_p99": rounded_percentile(self.overhead_ms, 99, 3),
+            "inbound_ms_p50": rounded_percentile(self.inbound_ms, 50, 3),
+            "inbound_ms_p99": rounded_percentile(self.inbound_ms, 99, 3),
+            "outbound_ms_p50": rounded_percentile(self.outbound_ms, 50, 3),
+            "outbound_ms_p99": rounded_percentile(self.outbound_ms, 99, 3),
+            "round_trip_ms_p50": rounded_percentile(self.round_trip_ms, 50, 2),
+            "round_trip_ms_p99": rounded_percentile(self.round_trip_ms, 99, 2),
+            "bridge_wait_ms_p50": rounded_percentile(self.bridge_wait_ms, 50, 2) if self.bridge_wait_ms else None,
+            "bridge_wait_ms_p99": rounded_percentile(self.bridge_wait_ms, 99, 2) if self.bridge_wait_ms else None,
             **self._hop_percentiles(),
             "chunks_sent": self.chunks_sent,
             "late_chunks": self.late_chunks,
             "bg_results_published": self.results_published,
             "bg_results_woven": len(self.woven_ms),
-            "bg_result_to_tick_ms_p50": _p(self.woven_ms, 50, 2) if self.woven_ms else None,
-            "bg_result_to_tick_ms_p99": _p(self.woven_ms, 99, 2) if self.woven_ms else None,
-            "bg_result_bus_ms_p99": _p(self.bus_ms, 99, 2) if self.bus_ms else None,
+            "bg_result_to_tick_ms_p50": rounded_percentile(self.woven_ms, 50, 2) if self.woven_ms else None,
+            "bg_result_to_tick_ms_p99": rounded_percentile(self.woven_ms, 99, 2) if self.woven_ms else None,
+            "bg_result_bus_ms_p99": rounded_percentile(self.bus_ms, 99, 2) if self.bus_ms else None,
             "errors": len(self.errors),
             "error_samples": self.errors[:5],
         }
 
 
-def _p(values: list[float], q: float, digits: int) -> float | None:
+def rounded_percentile(values: list[float], q: float, digits: int) -> float | None:
+    """A percentile rounded for a report; None (JSON null) when there are no samples."""
     value = percentile(values, q)
     return None if math.isnan(value) else round(value, digits)
