@@ -383,6 +383,30 @@ def test_the_server_refuses_a_wrong_key_before_the_upgrade_and_serves_the_consol
     run(scenario())
 
 
+@pytest.mark.timeout(60)
+def test_the_server_declines_websocket_compression_that_clients_offer():
+    """Browsers and the OpenAI SDK offer permessage-deflate; deflating every audio delta cost the
+    gateway ~0.5 ms a message (32 sessions: chunk overhead p99 21-29 ms against 11-15 without)."""
+    import aiohttp
+
+    from cluster.realtime.server import RealtimeServer
+    from protos.api_keys import ApiKeys, hash_api_key
+
+    async def scenario():
+        server = RealtimeServer("127.0.0.1", 0, "127.0.0.1:1", ApiKeys([hash_api_key("right")]))
+        await server.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.ws_connect(f"{server.url}/v1/realtime?model=microturn", compress=15,
+                                           headers={"Authorization": "Bearer right"}) as ws:
+                    assert ws.compress == 0  # offered, not taken
+                    assert "permessage-deflate" not in ws._response.headers.get("Sec-WebSocket-Extensions", "")
+        finally:
+            await server.stop()
+
+    run(scenario())
+
+
 def test_the_realtime_port_follows_the_grpc_port_unless_set(monkeypatch):
     from cluster.config import load_config
 

@@ -57,7 +57,8 @@ class _RealtimeClient:
     async def run(self, http: aiohttp.ClientSession, url: str, target: LoadTarget, start_at: float,
                   bus: EventBus | None) -> None:
         try:
-            async with http.ws_connect(url, max_msg_size=4 << 20) as ws:
+            # Offers permessage-deflate, as browsers and the OpenAI SDK do (the server declines it).
+            async with http.ws_connect(url, max_msg_size=4 << 20, compress=15) as ws:
                 opened: asyncio.Future[str] = asyncio.get_running_loop().create_future()
                 receiver = asyncio.create_task(self._receive(ws, opened))
                 try:
