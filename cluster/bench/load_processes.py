@@ -79,7 +79,7 @@ async def run_clients(target: LoadTarget, plans: list[SessionPlan], processes: i
     finally:
         for _, conn in workers:  # a process still waiting for the start reads EOF and leaves
             conn.close()
-        await asyncio.to_thread(_end, [process for process, _ in workers])
+        await asyncio.to_thread(end_processes, [process for process, _ in workers])
     tally = LoadTally()
     for k, reply in enumerate(replies):
         if isinstance(reply, LoadTally):
@@ -126,8 +126,8 @@ async def _reply(conn: Connection, timeout_s: float) -> object | None:
         return None
 
 
-def _end(processes: list[BaseProcess], grace_s: float = 5.0) -> None:
-    """No client process outlives the bench: joined, else terminated, else killed."""
+def end_processes(processes: list[BaseProcess], grace_s: float = 5.0) -> None:
+    """No process the bench started outlives it: joined, else terminated, else killed."""
     for process in processes:
         process.join(grace_s)
         if process.is_alive():

@@ -77,7 +77,8 @@ class LoadTally:
         for hop in HOPS:
             samples = getattr(self, f"{hop}_ms")
             if samples:
-                out[f"{hop}_ms_p50"], out[f"{hop}_ms_p99"] = rounded_percentile(samples, 50, 2), rounded_percentile(samples, 99, 2)
+                out[f"{hop}_ms_p50"] = rounded_percentile(samples, 50, 2)
+                out[f"{hop}_ms_p99"] = rounded_percentile(samples, 99, 2)
         return out
 
     def report(self) -> dict:
@@ -92,16 +93,16 @@ class LoadTally:
             "outbound_ms_p99": rounded_percentile(self.outbound_ms, 99, 3),
             "round_trip_ms_p50": rounded_percentile(self.round_trip_ms, 50, 2),
             "round_trip_ms_p99": rounded_percentile(self.round_trip_ms, 99, 2),
-            "bridge_wait_ms_p50": rounded_percentile(self.bridge_wait_ms, 50, 2) if self.bridge_wait_ms else None,
-            "bridge_wait_ms_p99": rounded_percentile(self.bridge_wait_ms, 99, 2) if self.bridge_wait_ms else None,
+            "bridge_wait_ms_p50": rounded_percentile(self.bridge_wait_ms, 50, 2),
+            "bridge_wait_ms_p99": rounded_percentile(self.bridge_wait_ms, 99, 2),
             **self._hop_percentiles(),
             "chunks_sent": self.chunks_sent,
             "late_chunks": self.late_chunks,
             "bg_results_published": self.results_published,
             "bg_results_woven": len(self.woven_ms),
-            "bg_result_to_tick_ms_p50": rounded_percentile(self.woven_ms, 50, 2) if self.woven_ms else None,
-            "bg_result_to_tick_ms_p99": rounded_percentile(self.woven_ms, 99, 2) if self.woven_ms else None,
-            "bg_result_bus_ms_p99": rounded_percentile(self.bus_ms, 99, 2) if self.bus_ms else None,
+            "bg_result_to_tick_ms_p50": rounded_percentile(self.woven_ms, 50, 2),
+            "bg_result_to_tick_ms_p99": rounded_percentile(self.woven_ms, 99, 2),
+            "bg_result_bus_ms_p99": rounded_percentile(self.bus_ms, 99, 2),
             "errors": len(self.errors),
             "error_samples": self.errors[:5],
         }

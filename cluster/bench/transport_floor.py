@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 import grpc
 
 from cluster import event_loop
+from cluster.bench.load_processes import end_processes
 from cluster.bench.load_tally import rounded_percentile
 from protos.microturn.v1 import interaction_pb2 as pb
 from protos.microturn.v1 import interaction_pb2_grpc as pb_grpc
@@ -35,14 +36,12 @@ STREAMS_TIMEOUT_S = 60.0  # every client process spawned and connected
 
 @dataclass(frozen=True)
 class TransportFloor:
-    streams: int
     client_processes: int
-    ticks: int
-    samples_ms: tuple[float, ...]
+    samples_ms: list[float]
 
     def report(self) -> dict:
-        return {"transport_floor_ms_p50": rounded_percentile(list(self.samples_ms), 50, 3),
-                "transport_floor_ms_p99": rounded_percentile(list(self.samples_ms), 99, 3),
+        return {"transport_floor_ms_p50": rounded_percentile(self.samples_ms, 50, 3),
+                "transport_floor_ms_p99": rounded_percentile(self.samples_ms, 99, 3),
                 "transport_floor_messages": len(self.samples_ms)}
 
 
@@ -77,13 +76,9 @@ def measure_transport_floor(streams: int, client_processes: int, ticks: int = 20
                 samples.extend(conn.recv())
             except EOFError:
                 raise RuntimeError(f"transport floor client process {k} ended without its samples") from None
-        return TransportFloor(streams, processes, ticks, tuple(samples))
+        return TransportFloor(processes, samples)
     finally:
-        for process in [server] + [client for client, _ in clients]:
-            process.join(5.0)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        end_processes([server] + [client for client, _ in clients])
 
 
 class _TickPusher(pb_grpc.InteractionServicer):
@@ -135,21 +130,20 @@ def _read(conn: Connection, port: int, streams: int) -> None:
     settling ticks), sent back when the server ends the streams."""
     samples: list[float] = []
 
-    async def one(stub: pb_grpc.InteractionStub, idle: asyncio.Event) -> None:
-        async def nothing_to_send():
-            await idle.wait()
-            yield pb.ClientMessage()
+    async def nothing_to_send():  # the stream stays open for reading; the server ends it
+        await asyncio.Event().wait()
+        yield pb.ClientMessage()
 
+    async def one(stub: pb_grpc.InteractionStub) -> None:
         async for message in stub.Converse(nothing_to_send()):
             arrived_ns = time.time_ns()
             if message.tick > SETTLE_TICKS:
                 samples.append((arrived_ns - message.audio.timing.tick_ended_unix_ns) / 1e6)
 
     async def main() -> None:
-        idle = asyncio.Event()
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.InteractionStub(channel)
-            await asyncio.gather(*(one(stub, idle) for _ in range(streams)), return_exceptions=True)
+            await asyncio.gather(*(one(stub) for _ in range(streams)), return_exceptions=True)
 
     try:
         event_loop.run(main())
