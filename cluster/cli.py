@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="background mixed into the whole user track (babble: other test voices talking)")
     duplex.add_argument("--snr-db", type=float, default=20.0,
                         help="the user's speech RMS over its voiced spans above the background (with --noise)")
+    duplex.add_argument("--end-silence-ms", type=int,
+                        help="every session waits this much silence before answering (SessionOpen.end_silence_ms; "
+                             "default: the server's)")
     duplex.add_argument("--runs", type=Path, default=Path("runs"), help="where runs/bench-<stamp>/ goes")
     compare = kinds.add_parser("compare", help="the same backbone: the tick engine side by side with vLLM")
     compare.add_argument("--sessions", default="8,32,64", help="comma-separated session counts")
@@ -287,7 +290,8 @@ def _duplex(args: argparse.Namespace, config) -> int:
         config = config.model_copy(update={"foreground": config.foreground.model_copy(
             update={"max_sessions": args.concurrency})})
     result = event_loop.run(run_duplex(config, args.scenarios, args.seed, args.policy, args.address, args.runs,
-                                    args.concurrency, args.speech_source, args.noise, args.snr_db))
+                                    args.concurrency, args.speech_source, args.noise, args.snr_db,
+                                    args.end_silence_ms))
     return _report(result, args.json)
 
 

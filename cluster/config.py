@@ -78,6 +78,9 @@ class ForegroundConfig(Section):
     backchannel_max_ms: float = Field(600.0, ge=0, description=(
         "user speech while the model speaks silences it at once but stops it only once it has lasted "
         "longer than this; shorter is an acknowledgement and the model goes on (0: stop at once)"))
+    min_end_silence_ms: float = Field(0.0, ge=0, description=(
+        "a turn end the detector hears is taken only after this much silence (0: at once); raise it "
+        "for speakers who pause between sentences: fewer starts in those gaps, later answers"))
     weave_max_wait_ms: float = Field(1000.0, ge=0, description=(
         "a background result waits at most this long for the user to stop speaking, then is woven"))
     kernels: Literal["invariant", "fast"] = Field(

@@ -86,6 +86,7 @@ class ReplicaSettings:
     checkpoint: str | None = None
     turn_policy: str = "auto"
     backchannel_max_ms: float = 600.0
+    min_end_silence_ms: float = 0.0
     weave_max_wait_ms: float = 1000.0
     invariant_kernels: bool = True
     tick_ms: int = 200
@@ -120,6 +121,7 @@ class ForegroundReplica:
         calibrated = family.head_calibrated
         turn = TurnPolicyConfig(policy=resolve_policy(settings.turn_policy, calibrated), head_calibrated=calibrated,
                                 backchannel_max_ms=settings.backchannel_max_ms,
+                                min_end_silence_ms=settings.min_end_silence_ms,
                                 weave_max_wait_ms=settings.weave_max_wait_ms)
         log.info("turn policy %s (configured: %s; turn head %s)", turn.policy, settings.turn_policy,
                  "trained" if calibrated else "seeded")

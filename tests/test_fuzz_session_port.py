@@ -586,6 +586,7 @@ def test_raw_bytes_are_answered_with_an_error_or_a_status_and_the_session_resume
 
 openings = st.one_of(
     st.tuples(st.just("rate"), st.sampled_from([8_000, 44_100, 1, 2**32 - 1])),
+    st.tuples(st.just("end silence"), st.integers(5_001, 2**32 - 1)),
     st.tuples(st.just("unknown session"), st.text(min_size=1, max_size=40)),
     st.tuples(st.just("wrong token"), st.text(max_size=40)),
     st.tuples(st.just("not open first"), client_messages.filter(lambda m: m.WhichOneof("payload") != "open")),
@@ -606,6 +607,9 @@ def test_a_refused_opening_is_a_status_that_names_why_and_takes_no_slot(peer_una
     if what == "rate":
         first = [pb.ClientMessage(open=pb.SessionOpen(input_sample_rate=value)).SerializeToString()]
         want = (grpc.StatusCode.INVALID_ARGUMENT, "open.input_sample_rate")
+    elif what == "end silence":
+        first = [pb.ClientMessage(open=pb.SessionOpen(end_silence_ms=value)).SerializeToString()]
+        want = (grpc.StatusCode.INVALID_ARGUMENT, "open.end_silence_ms")
     elif what == "unknown session":
         first = [pb.ClientMessage(open=pb.SessionOpen(session_id=value, token="t")).SerializeToString()]
         want = (grpc.StatusCode.NOT_FOUND, "is not")

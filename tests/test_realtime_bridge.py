@@ -11,6 +11,7 @@ import pytest
 
 from cluster.realtime import response_lifecycle
 from cluster.realtime.bridge import RealtimeBridge
+from cluster.realtime.session_config import EAGERNESS_END_SILENCE_MS
 from protos.microturn.v1 import events_pb2, interaction_pb2 as pb
 
 K = pb.TurnEvent
@@ -156,6 +157,43 @@ def test_each_link_sends_its_chunks_at_a_guard_of_its_own():
     guards = [run(guard_of_one_link()) for _ in range(8)]
     assert all(PACER_GUARD_S[0] <= g <= PACER_GUARD_S[1] for g in guards), guards
     assert len(set(guards)) == len(guards), guards
+
+
+def test_turn_detection_sets_how_long_the_session_waits_before_answering():
+    """`semantic_vad` eagerness and `server_vad` silence_duration_ms become the session's
+    `end_silence_ms`; a wait out of range is an error naming the field; it is fixed once open."""
+    async def opened_with(turn_detection: dict) -> tuple[dict | None, list[dict]]:
+        h = Harness()
+        await h.client(type="session.update", event_id="first",
+                       session={"type": "realtime", "audio": {"input": {"turn_detection": turn_detection}}})
+        events = h.take()
+        fields = h.upstream.open_fields if h.upstream is not None else None
+        if fields is not None:
+            await h.client(type="session.update", event_id="later", session={"audio": {"input": {
+                "turn_detection": {**turn_detection, "eagerness": "high", "silence_duration_ms": 50}}}})
+            events += h.take()
+        await h.close()
+        return fields, events
+
+    async def scenario():
+        low, low_events = await opened_with({"type": "semantic_vad", "eagerness": "low"})
+        auto, _ = await opened_with({"type": "semantic_vad"})
+        vad, vad_events = await opened_with({"type": "server_vad", "silence_duration_ms": 900})
+        too_long, too_long_events = await opened_with({"type": "server_vad", "silence_duration_ms": 60_000})
+        return low, low_events, auto, vad, vad_events, too_long, too_long_events
+
+    low, low_events, auto, vad, vad_events, too_long, too_long_events = run(scenario())
+    assert (low["turn_policy"], low["end_silence_ms"]) == ("model", EAGERNESS_END_SILENCE_MS["low"])
+    assert auto["turn_policy"] == "model" and "end_silence_ms" not in auto  # the server's setting
+    assert (vad["turn_policy"], vad["end_silence_ms"]) == ("vad", 900)
+    updated = next(e for e in vad_events if e["type"] == "session.updated")
+    assert updated["session"]["audio"]["input"]["turn_detection"] == {"type": "server_vad", "silence_duration_ms": 900}
+    for events in (low_events, vad_events):  # changing the wait after the session opened
+        [error] = [e for e in events if e["type"] == "error"]
+        assert error["error"]["event_id"] == "later" and error["error"]["param"] == "session.audio.input.turn_detection"
+    [refused] = [e for e in too_long_events if e["type"] == "error"]
+    assert refused["error"]["param"] == "session.audio.input.turn_detection.silence_duration_ms"
+    assert too_long is None or "end_silence_ms" not in too_long
 
 
 def test_session_update_picks_the_turn_policy_and_it_is_fixed_once_open():

@@ -42,7 +42,7 @@ def model(tmp_path_factory):
 
 def _snapshot(session_id: str, replay, seq: int, **overrides) -> SessionSnapshot:
     fields = dict(session_id=session_id, token="tok", seq=seq, tick=seq, input_rate=16_000, turn_policy="vad",
-                  epoch=0, model_speaking=False, user_speaking=False, conversation=[], replay=replay)
+                  end_silence_ms=450, epoch=0, model_speaking=False, user_speaking=False, conversation=[], replay=replay)
     fields.update(overrides)
     return SessionSnapshot(**fields)
 
@@ -85,6 +85,7 @@ def test_the_journal_keeps_what_a_session_needs_bounded_and_expires(redis_server
     entry, ttl, nothing_new, later, expired, deleted = asyncio.run(main())
     assert (entry.replica, entry.address, entry.token, entry.seq) == ("r1", "127.0.0.1:1", "tok", 106)
     assert (entry.epoch, entry.model_speaking, entry.input_rate, entry.turn_policy) == (2, True, 16_000, "vad")
+    assert entry.end_silence_ms == 450
     assert entry.conversation == [("user", "remember the blue door", 3)]
     assert [m.seq for m in entry.tail] == [103, 104, 105, 106]  # no audio; the latest 4 (tail_messages)
     assert 0 < ttl <= JOURNAL_TTL_S and nothing_new is None
@@ -162,7 +163,8 @@ def test_another_host_restores_a_lost_session_and_the_cut_off_one_lets_go(model,
         await mark_serving(health, [])
         a = await _host(model, redis_server.url, "host-a", f"127.0.0.1:{port}")
         b = await _host(model, redis_server.url, "host-b", "127.0.0.1:2")
-        session, _ = await a.open(pb.SessionOpen(input_sample_rate=16_000, turn_policy=pb.TURN_POLICY_VAD))
+        session, _ = await a.open(pb.SessionOpen(input_sample_rate=16_000, turn_policy=pb.TURN_POLICY_VAD,
+                                                 end_silence_ms=450))
         sid, token = session.session_id, session.token
         outbox = session.attach()
         a.engine.submit_text(sid, "remember the blue door")
@@ -191,14 +193,16 @@ def test_another_host_restores_a_lost_session_and_the_cut_off_one_lets_go(model,
         await asyncio.sleep(0.5)  # A's next journal write is refused
         let_go = sid not in a.sessions and sid not in a.engine.slots
         epoch, conversation = state.turn.epoch, list(state.conversation)
+        waits = state.policy.config.policy, state.policy.config.silence_threshold_ms, restored.end_silence_ms
         await b.close(restored, "done")
         gone = await b.journal.load(sid), await b.directory.lookup(sid)
         for host in (a, b):
             await _stop(host)
-        return seen, journalled, restored, resumed, prefill, after, where, owner, let_go, epoch, conversation, gone
+        return seen, journalled, restored, resumed, prefill, after, where, owner, let_go, epoch, conversation, gone, waits
 
     (seen, journalled, restored, resumed, prefill, after, where, owner, let_go, epoch, conversation,
-     gone) = asyncio.run(main())
+     gone, waits) = asyncio.run(main())
+    assert waits == ("vad", 450, 450)  # the session's own wait before answering came with it
     last_seen = seen[-1].seq
     assert resumed and journalled > last_seen  # A sent more than the client received
     assert epoch == 2 and ("user", "remember the blue door", conversation[0][2]) in conversation

@@ -149,3 +149,40 @@ def test_auto_is_the_model_with_a_trained_head_and_hybrid_without_one():
     for named in ("model", "vad", "hybrid"):  # a named policy is taken as it is
         assert resolve_policy(named, head_calibrated=True) == named
         assert resolve_policy(named, head_calibrated=False) == named
+
+
+def test_min_end_silence_waits_for_that_much_silence_before_taking_a_turn_end():
+    """The detector says "turn end" in the first silent tick; with min_end_silence_ms the model
+    waits until the VAD has heard that much silence after the last speech (here the speech tick
+    ends in two silent 32 ms windows, so 64 + 200 ms after one silent tick, 464 after two)."""
+    talk, ended = [5.0, -9.0], [-5.0, 3.0]
+    trailing = [0.9] * 4 + [0.05] * 2
+
+    def first_take(min_end_silence_ms: float) -> int | None:
+        policy = TurnPolicy(TurnPolicyConfig(policy="model", head_calibrated=True,
+                                             min_end_silence_ms=min_end_silence_ms))
+        state = TurnState()
+        policy.decide(state, 0, trailing, HEAD_LISTEN, -5.0, detector_logits=talk)
+        for tick in range(1, 5):
+            decision = policy.decide(state, tick, SILENCE, HEAD_LISTEN, -5.0, detector_logits=ended)
+            if decision.speak:
+                assert (K.MODEL_SPEECH_STARTED, "head") in _kinds(decision)
+                return tick
+        return None
+
+    assert first_take(0.0) == 1
+    assert first_take(264.0) == 1  # 64 ms left in the speech tick + one silent tick
+    assert first_take(265.0) == 2
+    assert first_take(464.0) == 2
+    assert first_take(700.0) == 4
+
+
+def test_min_end_silence_restarts_when_the_user_speaks_again():
+    """Speech in the gap (the next sentence) resets the wait: no start between sentences."""
+    talk, ended = [5.0, -9.0], [-5.0, 3.0]
+    policy = TurnPolicy(TurnPolicyConfig(policy="model", head_calibrated=True, min_end_silence_ms=400.0))
+    state = TurnState()
+    signals = [(SPEECH, talk), (SILENCE, ended), (SPEECH, talk), (SILENCE, ended), (SILENCE, ended)]
+    spoke = [policy.decide(state, i, vad, HEAD_LISTEN, -5.0, detector_logits=logits).speak
+             for i, (vad, logits) in enumerate(signals)]
+    assert spoke == [False, False, False, False, True]

@@ -41,12 +41,16 @@ class AudioFormat(_Model):
 
 
 class TurnDetection(_Model):
-    """`server_vad` -> microturn's `vad` policy, `semantic_vad` -> `model`; the other fields
-    (threshold, silence_duration_ms, eagerness, create_response, interrupt_response) are read
-    but not applied: microturn's turn policy has its own settings, and stays full duplex."""
+    """`server_vad` -> microturn's `vad` policy, `semantic_vad` -> `model`; `silence_duration_ms`
+    and `eagerness` set how long the session waits in silence before answering
+    (`cluster.realtime.session_config`); the other fields (threshold, prefix_padding_ms,
+    create_response, interrupt_response) are read but not applied: microturn's VAD has its own
+    settings, and the session stays full duplex."""
 
     model_config = ConfigDict(extra="allow")
     type: Literal["server_vad", "semantic_vad"]
+    silence_duration_ms: int | None = Field(None, ge=0, le=5000)
+    eagerness: Literal["low", "medium", "high", "auto"] | None = None
 
 
 class AudioInput(_Model):

@@ -5,6 +5,8 @@
 | `audio.input.turn_detection` `server_vad`   | turn policy `vad` (Silero VAD + silence threshold)      |
 | `audio.input.turn_detection` `semantic_vad` | turn policy `model` (the trained end-of-turn detector)  |
 | `audio.input.turn_detection` null / unset   | the server's default (`foreground.turn_policy`, `auto`) |
+| `turn_detection.silence_duration_ms` (`server_vad`) | the session's `end_silence_ms`: the VAD's silence threshold |
+| `turn_detection.eagerness` (`semantic_vad`) | `end_silence_ms` high 0, medium 400, low 600 (auto: the server's `foreground.min_end_silence_ms`) |
 | `audio.input.format` pcm 24 kHz / pcmu / pcma | 24 kHz PCM16 chunks (G.711 decoded, 8 -> 24 kHz)      |
 | `audio.output.format`                  | the model's 24 kHz PCM16 as is, or downsampled and G.711-encoded |
 | `instructions`, `audio.output.voice`   | `SessionOpen.instructions`, `.voice`                         |
@@ -26,6 +28,10 @@ from typing import Any
 from cluster.realtime.protocol import FunctionTool, ProtocolError, SessionConfig
 
 POLICIES = {"server_vad": "vad", "semantic_vad": "model"}
+# How long a `semantic_vad` session waits in silence before the turn end the detector hears:
+# measured on `bench duplex` (clean): 0 answers statements at p50 0.23 s with model speech starting
+# between the user's sentences in 69% of turns; 400: 0.41 s, 38%; 600: 0.62 s, 9%.
+EAGERNESS_END_SILENCE_MS = {"high": 0, "medium": 400, "low": 600}
 MICROTURN_TOOLS = ("web_search", "fetch_url", "calculator", "clock", "ui.render")
 TOOL_ALIASES = {"ui_render": "ui.render"}  # function names may not hold a dot in every SDK
 
@@ -52,7 +58,12 @@ class RealtimeSession:
     @property
     def turn_policy(self) -> str | None:
         """microturn's policy name, or None for the server's default."""
-        return POLICIES[self.turn_detection["type"]] if self.turn_detection else None
+        return _policy_of(self.turn_detection)
+
+    @property
+    def end_silence_ms(self) -> int | None:
+        """The session's wait in silence before answering, or None for the server's."""
+        return _end_silence_of(self.turn_detection)
 
     def apply(self, update: SessionConfig, opened: bool) -> None:
         """Take a `session.update`; raises `ProtocolError` (nothing applied) for a field that
@@ -61,11 +72,12 @@ class RealtimeSession:
         given_input = audio.input if audio and audio.input else None
         turn = self.turn_detection
         if given_input is not None and "turn_detection" in given_input.model_fields_set:
-            turn = given_input.turn_detection.model_dump() if given_input.turn_detection else None
+            turn = given_input.turn_detection.model_dump(exclude_unset=True) if given_input.turn_detection else None
         voice = audio.output.voice if audio and audio.output and audio.output.voice is not None else self.voice
         instructions = update.instructions if update.instructions is not None else self.instructions
         if opened:
-            fixed = [("session.audio.input.turn_detection", _policy_of(turn), self.turn_policy),
+            fixed = [("session.audio.input.turn_detection", (_policy_of(turn), _end_silence_of(turn)),
+                      (self.turn_policy, self.end_silence_ms)),
                      ("session.instructions", instructions, self.instructions),
                      ("session.audio.output.voice", voice, self.voice)]
             for param, new, old in fixed:
@@ -110,3 +122,11 @@ class RealtimeSession:
 
 def _policy_of(turn: dict[str, Any] | None) -> str | None:
     return POLICIES[turn["type"]] if turn else None
+
+
+def _end_silence_of(turn: dict[str, Any] | None) -> int | None:
+    if not turn:
+        return None
+    if turn["type"] == "server_vad":
+        return turn.get("silence_duration_ms")
+    return EAGERNESS_END_SILENCE_MS.get(turn.get("eagerness") or "auto")

@@ -88,6 +88,8 @@ class SessionLink:
                       "voice": self.session.voice}
             if self.session.turn_policy:
                 fields["turn_policy"] = self.session.turn_policy
+            if self.session.end_silence_ms is not None:
+                fields["end_silence_ms"] = self.session.end_silence_ms
             try:
                 upstream = await self._stack.enter_async_context(self._connect(**fields))
             except grpc.aio.AioRpcError as e:

@@ -35,6 +35,16 @@ def check_sample_rate(rate: int, field: str = "audio.sample_rate") -> int:
     return rate
 
 
+MAX_END_SILENCE_MS = 5000
+
+
+def check_end_silence_ms(ms: int, field: str = "open.end_silence_ms") -> int:
+    """A session's wait before answering: longer than a few seconds is not a conversation."""
+    if not 0 <= ms <= MAX_END_SILENCE_MS:
+        raise InvalidInput(field, f"{ms} ms is out of range; give 0 to {MAX_END_SILENCE_MS}")
+    return ms
+
+
 def check_audio_chunk(pcm16: bytes, rate: int, tick_ms: int) -> int:
     """The chunk's sample count; it must be exactly one tick of PCM16 mono at `rate`."""
     check_sample_rate(rate)

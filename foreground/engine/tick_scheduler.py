@@ -24,6 +24,7 @@ from foreground.engine.input_validation import (
     InvalidInput,
     LimitExceeded,
     check_audio_chunk,
+    check_end_silence_ms,
     check_sample_rate,
     check_text,
 )
@@ -132,13 +133,19 @@ class TickScheduler:
     # -- sessions ---------------------------------------------------------------------------
 
     def join(self, session_id: str, input_rate: int | None = None, seed: int | None = None,
-             turn_policy: str | None = None) -> SessionRecord:
-        """Take a slot (raises SessionsFull); `turn_policy` overrides the replica's default."""
+             turn_policy: str | None = None, end_silence_ms: int | None = None) -> SessionRecord:
+        """Take a slot (raises SessionsFull); `turn_policy` and `end_silence_ms` override the
+        replica's settings for this session."""
         rate = check_sample_rate(input_rate or self.default_input_rate, "open.input_sample_rate")
         if turn_policy not in (None, "model", "vad", "hybrid"):
             raise InvalidInput("open.turn_policy", f"unknown turn policy {turn_policy!r}")
-        policy = (self.family.turn_policy(replace(self.turn_config, policy=turn_policy), requested=True)
-                  if turn_policy else self.policy)
+        policy = self.policy
+        if turn_policy or end_silence_ms is not None:
+            config = replace(self.turn_config, policy=turn_policy or self.turn_config.policy)
+            if end_silence_ms is not None:
+                wait = check_end_silence_ms(end_silence_ms)
+                config = replace(config, silence_threshold_ms=wait, min_end_silence_ms=wait)
+            policy = self.family.turn_policy(config, requested=bool(turn_policy))
         state = SessionState(input_rate=rate, policy=policy, text_out=self.family.text_decoder())
         record = self.slots.join(session_id, state)
         self.family.open_slot(record.slot, seed if seed is not None else hash(session_id) & 0x7FFFFFFF)
@@ -148,7 +155,7 @@ class TickScheduler:
         return self.slots.leave(session_id)
 
     def restore(self, session_id: str, input_rate: int | None = None, turn_policy: str | None = None,
-                epoch: int = 0, model_speaking: bool = False, user_speaking: bool = False,
+                end_silence_ms: int | None = None, epoch: int = 0, model_speaking: bool = False, user_speaking: bool = False,
                 conversation: list[tuple[str, str, int]] = ()) -> SessionRecord:
         """Re-join a session that another replica held until it was lost, from its journal
         (`foreground.serve.session_journal`): a fresh slot under the same id, its turn epoch
@@ -163,7 +170,7 @@ class TickScheduler:
         Moshi family: its text stream is the model's own speech, so forcing the conversation
         into it would make the model say it) gets no re-prefill: its context restarts from
         the audio that follows, and the conversation still goes to background jobs."""
-        record = self.join(session_id, input_rate=input_rate, turn_policy=turn_policy)
+        record = self.join(session_id, input_rate=input_rate, turn_policy=turn_policy, end_silence_ms=end_silence_ms)
         state = record.state
         state.turn.epoch, state.turn.model_speaking = epoch, model_speaking
         state.turn.user_speaking = state.turn.user_spoke = user_speaking

@@ -85,6 +85,10 @@ class TurnPolicyConfig:
     # hybrid with a calibrated detector: the floor is free once the VAD's last windows are
     # silent (the tick that holds a turn's last syllable is not "the user speaks now")
     vad_trailing_silence_ms: float = 64.0
+    # the detector's turn end is taken only once the user has been silent this long (the VAD's
+    # trailing windows): 0 lets the detector alone decide; raising it trades answer latency for
+    # fewer starts in the gaps between a speaker's sentences (README, "Learned turn-taking")
+    min_end_silence_ms: float = 0.0
     max_turn_ticks: int = 25  # a seeded model never ends a turn by itself: cap it at 5 s
     # user speech while the model speaks: held (silent) until it has lasted longer than this,
     # counted in whole ticks after the onset tick; 0 turns the hold off (stop in the onset tick)
@@ -141,13 +145,13 @@ class TurnPolicy:
         speech = detector_logits[DETECTOR_SPEECH] > 0.0
         if cfg.policy == "model":  # speech, not sound: Silero must hear speech in this tick too
             speech = speech and any(p >= cfg.vad_threshold for p in vad_probs)
-        turn_ended = not speech and detector_logits[DETECTOR_END] > 0.0
-        if cfg.policy == "model":
-            user_active = self._track_user_by_detector(state, speech, events)
+            user_active = self._track_user_by_detector(state, speech, vad_probs, events)
             cause, user_now = "head", user_active
         else:
             user_active = self._track_user(state, vad_probs, events)
             cause, user_now = "vad", state.silence_ms < cfg.vad_trailing_silence_ms
+        turn_ended = (not speech and detector_logits[DETECTOR_END] > 0.0
+                      and state.silence_ms >= cfg.min_end_silence_ms)
         if state.model_speaking:
             state.turn_ticks += 1
             if not self._hold(state, tick, user_active, cause, events):
@@ -205,11 +209,9 @@ class TurnPolicy:
             self._stop(state, tick, TurnEventKind.YIELDED, "length", events)
 
     def _track_user(self, state: TurnState, vad_probs: list[float], events: list[TurnEvent]) -> bool:
-        active = [p >= self.config.vad_threshold for p in vad_probs]
-        user_active = any(active)
+        user_active = any(p >= self.config.vad_threshold for p in vad_probs)
         if user_active:
-            trailing = next((i for i, a in enumerate(reversed(active)) if a), len(active))
-            state.silence_ms = trailing * VAD_WINDOW_MS
+            state.silence_ms = _trailing_silence_ms(vad_probs, self.config.vad_threshold)
             state.user_spoke = True
             if not state.user_speaking:
                 state.user_speaking = True
@@ -221,10 +223,12 @@ class TurnPolicy:
                 events.append(TurnEvent(TurnEventKind.USER_SPEECH_STOPPED, "vad", state.epoch))
         return user_active
 
-    def _track_user_by_detector(self, state: TurnState, speaking: bool, events: list[TurnEvent]) -> bool:
-        """The `model` policy's ears: the detector's "user speaking" class instead of the VAD."""
+    def _track_user_by_detector(self, state: TurnState, speaking: bool, vad_probs: list[float],
+                                events: list[TurnEvent]) -> bool:
+        """The `model` policy's ears: the detector's "user speaking" class instead of the VAD
+        (whose windows still time the silence after the last one that heard speech)."""
         if speaking:
-            state.silence_ms, state.user_spoke = 0.0, True
+            state.silence_ms, state.user_spoke = _trailing_silence_ms(vad_probs, self.config.vad_threshold), True
             if not state.user_speaking:
                 state.user_speaking = True
                 events.append(TurnEvent(TurnEventKind.USER_SPEECH_STARTED, "head", state.epoch))
@@ -271,6 +275,12 @@ def _record(state: TurnState, tick: int, what: str, cause: str) -> None:
     log.debug("tick %d: %s (cause: %s)", tick, what, cause)
     state.decisions.append((tick, what, cause))
     del state.decisions[:-32]
+
+
+def _trailing_silence_ms(vad_probs: list[float], threshold: float) -> float:
+    """How long the tick ends in silence: its VAD windows after the last one that heard speech."""
+    trailing = next((i for i, p in enumerate(reversed(vad_probs)) if p >= threshold), len(vad_probs))
+    return trailing * VAD_WINDOW_MS
 
 
 def _softmax(logits: list[float]) -> list[float]:

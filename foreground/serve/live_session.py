@@ -46,6 +46,7 @@ class LiveSession:
         self.closed = False
         self.input_rate = 0  # as opened (0: the replica's default); journalled
         self.turn_policy = ""  # as opened ("": the replica's default); journalled
+        self.end_silence_ms: int | None = None  # as opened (None: the replica's); journalled
         self.restored_through = 0  # restored from a journal: seqs up to this one were sent by a lost replica
         self.events_after = ""  # the last entry of its event stream handed to it (journalled)
 

@@ -88,7 +88,8 @@ def journal_snapshots(host: SessionHost) -> list[SessionSnapshot]:
         state = host.engine.slots.get(session.session_id).state
         snapshots.append(SessionSnapshot(
             session_id=session.session_id, token=session.token, seq=session.seq, tick=session.tick,
-            input_rate=session.input_rate, turn_policy=session.turn_policy, epoch=state.turn.epoch,
+            input_rate=session.input_rate, turn_policy=session.turn_policy,
+            end_silence_ms=session.end_silence_ms, epoch=state.turn.epoch,
             model_speaking=state.turn.model_speaking, user_speaking=state.turn.user_speaking,
             conversation=state.conversation, replay=session.replay, events_after=session.events_after))
     return snapshots

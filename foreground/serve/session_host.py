@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from foreground.engine.input_validation import InvalidInput, LimitExceeded
+from foreground.engine.input_validation import InvalidInput, LimitExceeded, check_end_silence_ms
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_loop import TickLoop
 from foreground.engine.tick_scheduler import SessionOutput, TickScheduler, WovenResult
@@ -55,6 +55,11 @@ WEAVE_BYTES = 64  # how much of a result the model reads (2 byte tokens per tick
 FORWARDED = ("tool_call", "tool_result", "ui", "transcript", "error")  # Event bodies clients get
 
 POLICIES = {pb.TURN_POLICY_MODEL: "model", pb.TURN_POLICY_VAD: "vad", pb.TURN_POLICY_HYBRID: "hybrid"}
+
+
+def requested_end_silence_ms(request: pb.SessionOpen) -> int | None:
+    """The open's `end_silence_ms`, checked; None when the client left it to the replica."""
+    return check_end_silence_ms(request.end_silence_ms) if request.HasField("end_silence_ms") else None
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class SessionHost:
         if request.turn_policy and request.turn_policy not in POLICIES:
             raise InvalidInput("open.turn_policy", f"unknown turn policy {request.turn_policy}")
         session.turn_policy = POLICIES.get(request.turn_policy, "")
+        session.end_silence_ms = requested_end_silence_ms(request)
         await self.take_slot(self._join, session, request)
         await self.admit(session)
         log.info("session %s opened (%d/%d slots used)", session.session_id,
@@ -182,7 +188,7 @@ class SessionHost:
 
     def _join(self, session: LiveSession, request: pb.SessionOpen) -> None:
         self.engine.join(session.session_id, input_rate=request.input_sample_rate or None,
-                         turn_policy=POLICIES.get(request.turn_policy))
+                         turn_policy=POLICIES.get(request.turn_policy), end_silence_ms=session.end_silence_ms)
 
     def opened_message(self, session: LiveSession, resumed: bool) -> pb.SessionOpened:
         return pb.SessionOpened(session_id=session.session_id, token=session.token,

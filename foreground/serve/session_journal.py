@@ -6,6 +6,7 @@ replica writes, for every live session, a small journal that another replica can
 session from (`SessionHost.open` with a `session_id` it does not hold):
 
     mt:journal:<id>       hash: replica, address (the owner), token, input_rate, turn_policy,
+                          end_silence_ms ("": the replica's),
                           seq (the last one sent), tick, epoch, model_speaking, user_speaking,
                           conversation (JSON [[who, text, tick], ...], the latest
                           CONVERSATION_BYTES of it), events_after (the last entry of its
@@ -140,6 +141,7 @@ class SessionSnapshot:
     tick: int
     input_rate: int
     turn_policy: str  # "" : the replica's default
+    end_silence_ms: int | None  # None: the replica's
     epoch: int
     model_speaking: bool
     user_speaking: bool
@@ -160,6 +162,7 @@ class JournalEntry:
     tick: int
     input_rate: int
     turn_policy: str
+    end_silence_ms: int | None
     epoch: int
     model_speaking: bool
     user_speaking: bool
@@ -252,7 +255,8 @@ class SessionJournal:
         fields = {"seq": str(snap.seq), "tick": str(snap.tick), "epoch": str(snap.epoch),
                   "model_speaking": str(int(snap.model_speaking)), "user_speaking": str(int(snap.user_speaking)),
                   "token": snap.token, "address": self.address, "input_rate": str(snap.input_rate),
-                  "turn_policy": snap.turn_policy, "events_after": snap.events_after}
+                  "turn_policy": snap.turn_policy, "events_after": snap.events_after,
+                  "end_silence_ms": "" if snap.end_silence_ms is None else str(snap.end_silence_ms)}
         changed = {k: v for k, v in fields.items() if before.fields.get(k) != v}
         conversation_len = len(snap.conversation)
         if conversation_len != before.conversation_len:
@@ -297,6 +301,7 @@ class SessionJournal:
             session_id=session_id, replica=got.get("replica", ""), address=got.get("address", ""),
             token=got["token"], seq=int(got.get("seq", 0)), tick=int(got.get("tick", 0)),
             input_rate=int(got.get("input_rate", 0) or 0), turn_policy=got.get("turn_policy", ""),
+            end_silence_ms=int(got["end_silence_ms"]) if got.get("end_silence_ms") else None,
             epoch=int(got.get("epoch", 0)), model_speaking=got.get("model_speaking") == "1",
             user_speaking=got.get("user_speaking") == "1",
             conversation=[(w, t, int(k)) for w, t, k in json.loads(got.get("conversation", "[]"))],

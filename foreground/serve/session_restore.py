@@ -55,6 +55,7 @@ class SessionRestorer:
                                    "which is alive", entry.address)
         session = host.new_session(session_id, entry.token)
         session.input_rate, session.turn_policy = entry.input_rate, entry.turn_policy
+        session.end_silence_ms = entry.end_silence_ms
         session.events_after = entry.events_after
         session.restore(max(entry.seq, request.resume_after_seq), entry.tail)
         session.tick = host.engine.tick_count
@@ -79,7 +80,8 @@ class SessionRestorer:
 
     def _rejoin(self, entry: JournalEntry) -> None:
         self.host.engine.restore(entry.session_id, input_rate=entry.input_rate or None,
-                                 turn_policy=entry.turn_policy or None, epoch=entry.epoch,
+                                 turn_policy=entry.turn_policy or None, end_silence_ms=entry.end_silence_ms,
+                                 epoch=entry.epoch,
                                  model_speaking=entry.model_speaking, user_speaking=entry.user_speaking,
                                  conversation=entry.conversation)
 

@@ -83,9 +83,11 @@ class ScenarioResult:
 
 async def run_duplex(config: MicroturnConfig, scenarios: int = 40, seed: int = 0, policy: str = "auto",
                      address: str | None = None, runs_root: Path = Path("runs"), concurrency: int = 4,
-                     speech_source: str = "energy", noise: str = "none", snr_db: float = 20.0) -> dict:
+                     speech_source: str = "energy", noise: str = "none", snr_db: float = 20.0,
+                     end_silence_ms: int | None = None) -> dict:
     """Run the benchmark; write runs/bench-<stamp>/; return the JSON summary. `noise` (one of
-    `scenarios.NOISES`) is mixed into every user track at `snr_db` (see `scenarios`)."""
+    `scenarios.NOISES`) is mixed into every user track at `snr_db` (see `scenarios`);
+    `end_silence_ms` is every session's `SessionOpen.end_silence_ms` (None: the replica's)."""
     from cluster.bench.duplex.report import write_report  # matplotlib (if any) only when reporting
 
     if speech_source not in SPEECH_SOURCES:
@@ -108,13 +110,17 @@ async def run_duplex(config: MicroturnConfig, scenarios: int = 40, seed: int = 0
         async with _gateway(config, address) as gateway:
             log.info("streaming %d scenarios through %s, %d at a time, policy %s", len(rendered), gateway,
                      concurrency, policy)
-            recordings = await _stream_all(gateway, rendered, policy, concurrency,
+            opening = {"turn_policy": None if policy == "auto" else policy}
+            if end_silence_ms is not None:
+                opening["end_silence_ms"] = end_silence_ms
+            recordings = await _stream_all(gateway, rendered, opening, concurrency,
                                            find_api_key(config.auth.key_file))
     finally:
         quiet.setLevel(level)
     results = [_result(item, rec, err, speech_source, run_dir) for item, (rec, err) in zip(rendered, recordings)]
     summary = _summary(results, rendered, policy, seed, concurrency, speech_source, address, run_dir,
-                       {"noise": noise, "snr_db": None if noise == "none" else snr_db})
+                       {"noise": noise, "snr_db": None if noise == "none" else snr_db,
+                        "end_silence_ms": end_silence_ms})
     summary["plots"] = write_report(run_dir, results, summary)
     summary["wall_s"] = round(time.monotonic() - started, 1)
     return summary
@@ -158,7 +164,7 @@ def _resolved(policy: str, config: MicroturnConfig, address: str | None) -> str:
     return resolve_policy(fg.turn_policy, head_calibrated(folder))
 
 
-async def _stream_all(gateway: str, rendered: list[RenderedScenario], policy: str, concurrency: int,
+async def _stream_all(gateway: str, rendered: list[RenderedScenario], opening: dict, concurrency: int,
                       api_key: str | None) -> list[tuple[ConversationRecording | None, str | None]]:
     gate = asyncio.Semaphore(max(1, concurrency))
     done = 0
@@ -168,7 +174,7 @@ async def _stream_all(gateway: str, rendered: list[RenderedScenario], policy: st
         async with gate:
             log.info("%s: streaming %.1f s of user audio", item.scenario.name, item.track.seconds)
             try:
-                async with client.session(turn_policy=None if policy == "auto" else policy) as session:
+                async with client.session(**opening) as session:
                     recording = await stream_script(session, item.track, tail_s=TAIL_S)
                 outcome: tuple[ConversationRecording | None, str | None] = (recording, None)
             except Exception as e:  # one failing session must not hide the others

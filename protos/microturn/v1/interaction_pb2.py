@@ -25,49 +25,49 @@ _sym_db = _symbol_database.Default()
 from protos.microturn.v1 import events_pb2 as protos_dot_microturn_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/microturn/v1/interaction.proto\x12\x0cmicroturn.v1\x1a protos/microturn/v1/events.proto\"\xc8\x01\n\x0bSessionOpen\x12\x14\n\x0cinstructions\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\r\n\x05tools\x18\x03 \x03(\t\x12-\n\x0bturn_policy\x18\x04 \x01(\x0e\x32\x18.microturn.v1.TurnPolicy\x12\x19\n\x11input_sample_rate\x18\x05 \x01(\r\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\r\n\x05token\x18\x07 \x01(\t\x12\x18\n\x10resume_after_seq\x18\x08 \x01(\x04\"=\n\nAudioChunk\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05pcm16\x18\x02 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x03 \x01(\r\"6\n\x08RawImage\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x0b\n\x03rgb\x18\x03 \x01(\x0c\"Y\n\nVideoFrame\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x04jpeg\x18\x02 \x01(\x0cH\x00\x12%\n\x03raw\x18\x03 \x01(\x0b\x32\x16.microturn.v1.RawImageH\x00\x42\x07\n\x05image\"\x19\n\tTextInput\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x1e\n\x0cSessionClose\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xa4\x02\n\rClientMessage\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x19.microturn.v1.SessionOpenH\x00\x12)\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x18.microturn.v1.AudioChunkH\x00\x12)\n\x05video\x18\x03 \x01(\x0b\x32\x18.microturn.v1.VideoFrameH\x00\x12\'\n\x04text\x18\x04 \x01(\x0b\x32\x17.microturn.v1.TextInputH\x00\x12\x31\n\x0ctool_request\x18\x05 \x01(\x0b\x32\x19.microturn.v1.ToolRequestH\x00\x12+\n\x05\x63lose\x18\x06 \x01(\x0b\x32\x1a.microturn.v1.SessionCloseH\x00\x42\t\n\x07payload\"\xae\x01\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x1a\n\x12output_sample_rate\x18\x03 \x01(\r\x12\x0f\n\x07tick_ms\x18\x04 \x01(\r\x12\x0f\n\x07replica\x18\x05 \x01(\t\x12\x0f\n\x07resumed\x18\x06 \x01(\x08\x12\x10\n\x08last_seq\x18\x07 \x01(\x04\x12\x19\n\x11next_tick_unix_ns\x18\x08 \x01(\x03\"y\n\nTickTiming\x12\x11\n\tinput_seq\x18\x01 \x01(\x04\x12\x1e\n\x16input_received_unix_ns\x18\x02 \x01(\x03\x12\x1c\n\x14tick_started_unix_ns\x18\x03 \x01(\x03\x12\x1a\n\x12tick_ended_unix_ns\x18\x04 \x01(\x03\"f\n\x08\x41udioOut\x12\x11\n\taudio_seq\x18\x01 \x01(\x04\x12\r\n\x05pcm16\x18\x02 \x01(\x0c\x12\x0e\n\x06speech\x18\x03 \x01(\x08\x12(\n\x06timing\x18\x04 \x01(\x0b\x32\x18.microturn.v1.TickTiming\"\x17\n\x07TextOut\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xaf\x02\n\tTurnEvent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.microturn.v1.TurnEvent.Kind\x12\r\n\x05\x63\x61use\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"\xd7\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13USER_SPEECH_STARTED\x10\x01\x12\x17\n\x13USER_SPEECH_STOPPED\x10\x02\x12\x18\n\x14MODEL_SPEECH_STARTED\x10\x03\x12\x18\n\x14MODEL_SPEECH_STOPPED\x10\x04\x12\x0f\n\x0bINTERRUPTED\x10\x05\x12\x0b\n\x07YIELDED\x10\x06\x12\x0f\n\x0b\x42\x41\x43KCHANNEL\x10\x07\x12\r\n\tDELEGATED\x10\x08\x12\x15\n\x11\x42\x41\x43KCHANNEL_HEARD\x10\t\"0\n\x06GoAway\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\r\"\x84\x01\n\x05Woven\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x19\n\x11published_unix_ns\x18\x04 \x01(\x03\x12\x15\n\rwoven_unix_ns\x18\x05 \x01(\x03\x12\x18\n\x10received_unix_ns\x18\x06 \x01(\x03\"C\n\rSessionClosed\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05ticks\x18\x02 \x01(\x04\x12\x13\n\x0blate_chunks\x18\x03 \x01(\x04\"\xb8\x04\n\rServerMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04tick\x18\x02 \x01(\x04\x12-\n\x06opened\x18\x03 \x01(\x0b\x32\x1b.microturn.v1.SessionOpenedH\x00\x12\'\n\x05\x61udio\x18\x04 \x01(\x0b\x32\x16.microturn.v1.AudioOutH\x00\x12%\n\x04text\x18\x05 \x01(\x0b\x32\x15.microturn.v1.TextOutH\x00\x12\'\n\x04turn\x18\x06 \x01(\x0b\x32\x17.microturn.v1.TurnEventH\x00\x12.\n\ntranscript\x18\x07 \x01(\x0b\x32\x18.microturn.v1.TranscriptH\x00\x12+\n\ttool_call\x18\x08 \x01(\x0b\x32\x16.microturn.v1.ToolCallH\x00\x12/\n\x0btool_result\x18\t \x01(\x0b\x32\x18.microturn.v1.ToolResultH\x00\x12\'\n\x02ui\x18\n \x01(\x0b\x32\x19.microturn.v1.UiComponentH\x00\x12$\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x13.microturn.v1.ErrorH\x00\x12\'\n\x07go_away\x18\x0c \x01(\x0b\x32\x14.microturn.v1.GoAwayH\x00\x12-\n\x06\x63losed\x18\r \x01(\x0b\x32\x1b.microturn.v1.SessionClosedH\x00\x12$\n\x05woven\x18\x0e \x01(\x0b\x32\x13.microturn.v1.WovenH\x00\x42\t\n\x07payload*m\n\nTurnPolicy\x12\x1b\n\x17TURN_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11TURN_POLICY_MODEL\x10\x01\x12\x13\n\x0fTURN_POLICY_VAD\x10\x02\x12\x16\n\x12TURN_POLICY_HYBRID\x10\x03\x32\x9e\x01\n\x0bInteraction\x12H\n\x08\x43onverse\x12\x1b.microturn.v1.ClientMessage\x1a\x1b.microturn.v1.ServerMessage(\x01\x30\x01\x12\x45\n\x0bOpenSession\x12\x19.microturn.v1.SessionOpen\x1a\x1b.microturn.v1.SessionOpenedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%protos/microturn/v1/interaction.proto\x12\x0cmicroturn.v1\x1a protos/microturn/v1/events.proto\"\xf8\x01\n\x0bSessionOpen\x12\x14\n\x0cinstructions\x18\x01 \x01(\t\x12\r\n\x05voice\x18\x02 \x01(\t\x12\r\n\x05tools\x18\x03 \x03(\t\x12-\n\x0bturn_policy\x18\x04 \x01(\x0e\x32\x18.microturn.v1.TurnPolicy\x12\x19\n\x11input_sample_rate\x18\x05 \x01(\r\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\r\n\x05token\x18\x07 \x01(\t\x12\x18\n\x10resume_after_seq\x18\x08 \x01(\x04\x12\x1b\n\x0e\x65nd_silence_ms\x18\t \x01(\rH\x00\x88\x01\x01\x42\x11\n\x0f_end_silence_ms\"=\n\nAudioChunk\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05pcm16\x18\x02 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x03 \x01(\r\"6\n\x08RawImage\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x0b\n\x03rgb\x18\x03 \x01(\x0c\"Y\n\nVideoFrame\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x04jpeg\x18\x02 \x01(\x0cH\x00\x12%\n\x03raw\x18\x03 \x01(\x0b\x32\x16.microturn.v1.RawImageH\x00\x42\x07\n\x05image\"\x19\n\tTextInput\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x1e\n\x0cSessionClose\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xa4\x02\n\rClientMessage\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x19.microturn.v1.SessionOpenH\x00\x12)\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x18.microturn.v1.AudioChunkH\x00\x12)\n\x05video\x18\x03 \x01(\x0b\x32\x18.microturn.v1.VideoFrameH\x00\x12\'\n\x04text\x18\x04 \x01(\x0b\x32\x17.microturn.v1.TextInputH\x00\x12\x31\n\x0ctool_request\x18\x05 \x01(\x0b\x32\x19.microturn.v1.ToolRequestH\x00\x12+\n\x05\x63lose\x18\x06 \x01(\x0b\x32\x1a.microturn.v1.SessionCloseH\x00\x42\t\n\x07payload\"\xae\x01\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x1a\n\x12output_sample_rate\x18\x03 \x01(\r\x12\x0f\n\x07tick_ms\x18\x04 \x01(\r\x12\x0f\n\x07replica\x18\x05 \x01(\t\x12\x0f\n\x07resumed\x18\x06 \x01(\x08\x12\x10\n\x08last_seq\x18\x07 \x01(\x04\x12\x19\n\x11next_tick_unix_ns\x18\x08 \x01(\x03\"y\n\nTickTiming\x12\x11\n\tinput_seq\x18\x01 \x01(\x04\x12\x1e\n\x16input_received_unix_ns\x18\x02 \x01(\x03\x12\x1c\n\x14tick_started_unix_ns\x18\x03 \x01(\x03\x12\x1a\n\x12tick_ended_unix_ns\x18\x04 \x01(\x03\"f\n\x08\x41udioOut\x12\x11\n\taudio_seq\x18\x01 \x01(\x04\x12\r\n\x05pcm16\x18\x02 \x01(\x0c\x12\x0e\n\x06speech\x18\x03 \x01(\x08\x12(\n\x06timing\x18\x04 \x01(\x0b\x32\x18.microturn.v1.TickTiming\"\x17\n\x07TextOut\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xaf\x02\n\tTurnEvent\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x1c.microturn.v1.TurnEvent.Kind\x12\r\n\x05\x63\x61use\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\"\xd7\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13USER_SPEECH_STARTED\x10\x01\x12\x17\n\x13USER_SPEECH_STOPPED\x10\x02\x12\x18\n\x14MODEL_SPEECH_STARTED\x10\x03\x12\x18\n\x14MODEL_SPEECH_STOPPED\x10\x04\x12\x0f\n\x0bINTERRUPTED\x10\x05\x12\x0b\n\x07YIELDED\x10\x06\x12\x0f\n\x0b\x42\x41\x43KCHANNEL\x10\x07\x12\r\n\tDELEGATED\x10\x08\x12\x15\n\x11\x42\x41\x43KCHANNEL_HEARD\x10\t\"0\n\x06GoAway\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\r\"\x84\x01\n\x05Woven\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x19\n\x11published_unix_ns\x18\x04 \x01(\x03\x12\x15\n\rwoven_unix_ns\x18\x05 \x01(\x03\x12\x18\n\x10received_unix_ns\x18\x06 \x01(\x03\"C\n\rSessionClosed\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05ticks\x18\x02 \x01(\x04\x12\x13\n\x0blate_chunks\x18\x03 \x01(\x04\"\xb8\x04\n\rServerMessage\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04tick\x18\x02 \x01(\x04\x12-\n\x06opened\x18\x03 \x01(\x0b\x32\x1b.microturn.v1.SessionOpenedH\x00\x12\'\n\x05\x61udio\x18\x04 \x01(\x0b\x32\x16.microturn.v1.AudioOutH\x00\x12%\n\x04text\x18\x05 \x01(\x0b\x32\x15.microturn.v1.TextOutH\x00\x12\'\n\x04turn\x18\x06 \x01(\x0b\x32\x17.microturn.v1.TurnEventH\x00\x12.\n\ntranscript\x18\x07 \x01(\x0b\x32\x18.microturn.v1.TranscriptH\x00\x12+\n\ttool_call\x18\x08 \x01(\x0b\x32\x16.microturn.v1.ToolCallH\x00\x12/\n\x0btool_result\x18\t \x01(\x0b\x32\x18.microturn.v1.ToolResultH\x00\x12\'\n\x02ui\x18\n \x01(\x0b\x32\x19.microturn.v1.UiComponentH\x00\x12$\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x13.microturn.v1.ErrorH\x00\x12\'\n\x07go_away\x18\x0c \x01(\x0b\x32\x14.microturn.v1.GoAwayH\x00\x12-\n\x06\x63losed\x18\r \x01(\x0b\x32\x1b.microturn.v1.SessionClosedH\x00\x12$\n\x05woven\x18\x0e \x01(\x0b\x32\x13.microturn.v1.WovenH\x00\x42\t\n\x07payload*m\n\nTurnPolicy\x12\x1b\n\x17TURN_POLICY_UNSPECIFIED\x10\x00\x12\x15\n\x11TURN_POLICY_MODEL\x10\x01\x12\x13\n\x0fTURN_POLICY_VAD\x10\x02\x12\x16\n\x12TURN_POLICY_HYBRID\x10\x03\x32\x9e\x01\n\x0bInteraction\x12H\n\x08\x43onverse\x12\x1b.microturn.v1.ClientMessage\x1a\x1b.microturn.v1.ServerMessage(\x01\x30\x01\x12\x45\n\x0bOpenSession\x12\x19.microturn.v1.SessionOpen\x1a\x1b.microturn.v1.SessionOpenedb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.microturn.v1.interaction_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TURNPOLICY']._serialized_start=2416
-  _globals['_TURNPOLICY']._serialized_end=2525
+  _globals['_TURNPOLICY']._serialized_start=2464
+  _globals['_TURNPOLICY']._serialized_end=2573
   _globals['_SESSIONOPEN']._serialized_start=90
-  _globals['_SESSIONOPEN']._serialized_end=290
-  _globals['_AUDIOCHUNK']._serialized_start=292
-  _globals['_AUDIOCHUNK']._serialized_end=353
-  _globals['_RAWIMAGE']._serialized_start=355
-  _globals['_RAWIMAGE']._serialized_end=409
-  _globals['_VIDEOFRAME']._serialized_start=411
-  _globals['_VIDEOFRAME']._serialized_end=500
-  _globals['_TEXTINPUT']._serialized_start=502
-  _globals['_TEXTINPUT']._serialized_end=527
-  _globals['_SESSIONCLOSE']._serialized_start=529
-  _globals['_SESSIONCLOSE']._serialized_end=559
-  _globals['_CLIENTMESSAGE']._serialized_start=562
-  _globals['_CLIENTMESSAGE']._serialized_end=854
-  _globals['_SESSIONOPENED']._serialized_start=857
-  _globals['_SESSIONOPENED']._serialized_end=1031
-  _globals['_TICKTIMING']._serialized_start=1033
-  _globals['_TICKTIMING']._serialized_end=1154
-  _globals['_AUDIOOUT']._serialized_start=1156
-  _globals['_AUDIOOUT']._serialized_end=1258
-  _globals['_TEXTOUT']._serialized_start=1260
-  _globals['_TEXTOUT']._serialized_end=1283
-  _globals['_TURNEVENT']._serialized_start=1286
-  _globals['_TURNEVENT']._serialized_end=1589
-  _globals['_TURNEVENT_KIND']._serialized_start=1374
-  _globals['_TURNEVENT_KIND']._serialized_end=1589
-  _globals['_GOAWAY']._serialized_start=1591
-  _globals['_GOAWAY']._serialized_end=1639
-  _globals['_WOVEN']._serialized_start=1642
-  _globals['_WOVEN']._serialized_end=1774
-  _globals['_SESSIONCLOSED']._serialized_start=1776
-  _globals['_SESSIONCLOSED']._serialized_end=1843
-  _globals['_SERVERMESSAGE']._serialized_start=1846
-  _globals['_SERVERMESSAGE']._serialized_end=2414
-  _globals['_INTERACTION']._serialized_start=2528
-  _globals['_INTERACTION']._serialized_end=2686
+  _globals['_SESSIONOPEN']._serialized_end=338
+  _globals['_AUDIOCHUNK']._serialized_start=340
+  _globals['_AUDIOCHUNK']._serialized_end=401
+  _globals['_RAWIMAGE']._serialized_start=403
+  _globals['_RAWIMAGE']._serialized_end=457
+  _globals['_VIDEOFRAME']._serialized_start=459
+  _globals['_VIDEOFRAME']._serialized_end=548
+  _globals['_TEXTINPUT']._serialized_start=550
+  _globals['_TEXTINPUT']._serialized_end=575
+  _globals['_SESSIONCLOSE']._serialized_start=577
+  _globals['_SESSIONCLOSE']._serialized_end=607
+  _globals['_CLIENTMESSAGE']._serialized_start=610
+  _globals['_CLIENTMESSAGE']._serialized_end=902
+  _globals['_SESSIONOPENED']._serialized_start=905
+  _globals['_SESSIONOPENED']._serialized_end=1079
+  _globals['_TICKTIMING']._serialized_start=1081
+  _globals['_TICKTIMING']._serialized_end=1202
+  _globals['_AUDIOOUT']._serialized_start=1204
+  _globals['_AUDIOOUT']._serialized_end=1306
+  _globals['_TEXTOUT']._serialized_start=1308
+  _globals['_TEXTOUT']._serialized_end=1331
+  _globals['_TURNEVENT']._serialized_start=1334
+  _globals['_TURNEVENT']._serialized_end=1637
+  _globals['_TURNEVENT_KIND']._serialized_start=1422
+  _globals['_TURNEVENT_KIND']._serialized_end=1637
+  _globals['_GOAWAY']._serialized_start=1639
+  _globals['_GOAWAY']._serialized_end=1687
+  _globals['_WOVEN']._serialized_start=1690
+  _globals['_WOVEN']._serialized_end=1822
+  _globals['_SESSIONCLOSED']._serialized_start=1824
+  _globals['_SESSIONCLOSED']._serialized_end=1891
+  _globals['_SERVERMESSAGE']._serialized_start=1894
+  _globals['_SERVERMESSAGE']._serialized_end=2462
+  _globals['_INTERACTION']._serialized_start=2576
+  _globals['_INTERACTION']._serialized_end=2734
 # @@protoc_insertion_point(module_scope)

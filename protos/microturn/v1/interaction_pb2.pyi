@@ -20,7 +20,7 @@ TURN_POLICY_VAD: TurnPolicy
 TURN_POLICY_HYBRID: TurnPolicy
 
 class SessionOpen(_message.Message):
-    __slots__ = ("instructions", "voice", "tools", "turn_policy", "input_sample_rate", "session_id", "token", "resume_after_seq")
+    __slots__ = ("instructions", "voice", "tools", "turn_policy", "input_sample_rate", "session_id", "token", "resume_after_seq", "end_silence_ms")
     INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class SessionOpen(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     RESUME_AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    END_SILENCE_MS_FIELD_NUMBER: _ClassVar[int]
     instructions: str
     voice: str
     tools: _containers.RepeatedScalarFieldContainer[str]
@@ -37,7 +38,8 @@ class SessionOpen(_message.Message):
     session_id: str
     token: str
     resume_after_seq: int
-    def __init__(self, instructions: _Optional[str] = ..., voice: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., turn_policy: _Optional[_Union[TurnPolicy, str]] = ..., input_sample_rate: _Optional[int] = ..., session_id: _Optional[str] = ..., token: _Optional[str] = ..., resume_after_seq: _Optional[int] = ...) -> None: ...
+    end_silence_ms: int
+    def __init__(self, instructions: _Optional[str] = ..., voice: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., turn_policy: _Optional[_Union[TurnPolicy, str]] = ..., input_sample_rate: _Optional[int] = ..., session_id: _Optional[str] = ..., token: _Optional[str] = ..., resume_after_seq: _Optional[int] = ..., end_silence_ms: _Optional[int] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("seq", "pcm16", "sample_rate")
