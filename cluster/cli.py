@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="open through the gateway, then stream straight to the replica")
     talk.add_argument("--tail-s", type=float, default=3.0, help="seconds of silence after the WAV")
     talk.add_argument("--policy", choices=["model", "vad", "hybrid"], help="turn policy (default: the server's)")
+    talk.add_argument("--end-silence-ms", type=int,
+                      help="silence to wait before the model answers (default: the server's)")
 
     bench = commands.add_parser("bench", help="benchmarks: tick | load | soak | duplex | compare | parity | moshi-ref")
     kinds = bench.add_subparsers(dest="kind", required=True, metavar="KIND")
@@ -256,7 +258,8 @@ def _talk(args: argparse.Namespace, config) -> int:
     address = args.address or f"{config.serve.host}:{config.serve.grpc_port}"
     try:
         summary = event_loop.run(run_talk(address, args.out or default_out(), args.wav, args.direct,
-                                       args.tail_s, args.policy, find_api_key(config.auth.key_file)))
+                                       args.tail_s, args.policy, find_api_key(config.auth.key_file),
+                                       args.end_silence_ms))
     except UnsupportedAudio as e:
         print(f"--wav {e}", file=sys.stderr)
         return 2

@@ -97,9 +97,13 @@ class InteractionClient:
         return ClientSession(self, direct, _session_open(**open_fields), reopen_timeout_s)
 
 
-def _session_open(turn_policy: str | None = None, input_sample_rate: int = 16_000, **fields) -> pb.SessionOpen:
+def _session_open(turn_policy: str | None = None, input_sample_rate: int = 16_000, end_silence_ms: int | None = None,
+                  **fields) -> pb.SessionOpen:
+    """None leaves a setting to the server (`end_silence_ms` is optional in the proto)."""
     if turn_policy:
         fields["turn_policy"] = POLICIES[turn_policy]
+    if end_silence_ms is not None:
+        fields["end_silence_ms"] = end_silence_ms
     return pb.SessionOpen(input_sample_rate=input_sample_rate, **fields)
 
 

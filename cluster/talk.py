@@ -40,7 +40,8 @@ def events_path(out: Path) -> Path:
 
 
 async def run_talk(address: str, out: Path, wav: Path | None = None, direct: bool = False,
-                   tail_s: float = 3.0, policy: str | None = None, api_key: str | None = None) -> dict:
+                   tail_s: float = 3.0, policy: str | None = None, api_key: str | None = None,
+                   end_silence_ms: int | None = None) -> dict:
     """Stream `wav` (or the synthetic voice) to the gateway at `address`; returns the summary.
     `api_key` unset: the SDK finds this machine's (MICROTURN_API_KEY, then `up`'s key file).
 
@@ -53,7 +54,7 @@ async def run_talk(address: str, out: Path, wav: Path | None = None, direct: boo
              source, track.seconds, track.sample_rate)
     try:
         async with InteractionClient(address, api_key) as client:
-            async with client.session(direct=direct, turn_policy=policy,
+            async with client.session(direct=direct, turn_policy=policy, end_silence_ms=end_silence_ms,
                                       input_sample_rate=track.sample_rate) as session:
                 recording = await stream_script(session, track, tail_s=tail_s)
     except grpc.aio.AioRpcError as e:

@@ -139,3 +139,15 @@ def test_a_final_failure_is_not_retried():
     servicer, error = asyncio.run(main())
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED and len(servicer.opens) == 1
 
+
+
+def test_the_sdk_leaves_the_wait_before_answering_to_the_server_unless_given():
+    """`end_silence_ms=None` leaves the proto's optional field unset (the replica's setting);
+    0 is a wait of its own (answer at once), not "unset"."""
+    client = InteractionClient("127.0.0.1:1")
+    unset = client.session(end_silence_ms=None).opening
+    zero = client.session(end_silence_ms=0).opening
+    long = client.session(end_silence_ms=600, turn_policy="vad").opening
+    assert not unset.HasField("end_silence_ms")
+    assert zero.HasField("end_silence_ms") and zero.end_silence_ms == 0
+    assert (long.end_silence_ms, long.turn_policy) == (600, pb.TURN_POLICY_VAD)

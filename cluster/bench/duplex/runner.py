@@ -110,9 +110,7 @@ async def run_duplex(config: MicroturnConfig, scenarios: int = 40, seed: int = 0
         async with _gateway(config, address) as gateway:
             log.info("streaming %d scenarios through %s, %d at a time, policy %s", len(rendered), gateway,
                      concurrency, policy)
-            opening = {"turn_policy": None if policy == "auto" else policy}
-            if end_silence_ms is not None:
-                opening["end_silence_ms"] = end_silence_ms
+            opening = {"turn_policy": None if policy == "auto" else policy, "end_silence_ms": end_silence_ms}
             recordings = await _stream_all(gateway, rendered, opening, concurrency,
                                            find_api_key(config.auth.key_file))
     finally:
