@@ -154,6 +154,13 @@ function send(event) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(event));
 }
 
+// "semantic_vad:low" -> { type: "semantic_vad", eagerness: "low" }; "" -> null (the server's default)
+function turnDetectionOf(choice) {
+  if (!choice) return null;
+  const [type, eagerness] = choice.split(":");
+  return eagerness ? { type, eagerness } : { type };
+}
+
 function connect(key, turnDetection) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const url = `${scheme}://${location.host}/v1/realtime?model=microturn&microturn_events=1`;
@@ -168,7 +175,7 @@ function connect(key, turnDetection) {
     send({ type: "session.update", session: {
       type: "realtime", output_modalities: ["audio"],
       audio: { input: { format: { type: "audio/pcm", rate: RATE },
-                        turn_detection: turnDetection ? { type: turnDetection } : null },
+                        turn_detection: turnDetectionOf(turnDetection) },
                output: { format: { type: "audio/pcm", rate: RATE } } } } });
     for (const id of ["mic", "camera", "tool"]) $(id).disabled = false;
   };
@@ -187,7 +194,11 @@ function onEvent(e) {
   const here = performance.now();
   switch (e.type) {
     case "session.created": row("session", `session ${e.session.id}`); break;
-    case "session.updated": row("session", `turn detection: ${e.session.audio.input.turn_detection ? e.session.audio.input.turn_detection.type : "server default"}`); break;
+    case "session.updated": {
+      const turn = e.session.audio.input.turn_detection;
+      row("session", `turn detection: ${turn ? turn.type + (turn.eagerness ? `, eagerness ${turn.eagerness}` : "") : "server default"}`);
+      break;
+    }
     case "microturn.session": row("session", `microturn session ${e.session_id.slice(0, 8)} on ${e.replica}, ${e.tick_ms} ms ticks, policy ${e.turn_policy}`); break;
     case "input_audio_buffer.speech_started":
       row("user", `speech started (at ${(e.audio_start_ms / 1000).toFixed(1)} s of your audio)`);
