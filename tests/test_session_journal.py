@@ -198,7 +198,8 @@ def test_another_host_restores_a_lost_session_and_the_cut_off_one_lets_go(model,
         gone = await b.journal.load(sid), await b.directory.lookup(sid)
         for host in (a, b):
             await _stop(host)
-        return seen, journalled, restored, resumed, prefill, after, where, owner, let_go, epoch, conversation, gone, waits
+        return (seen, journalled, restored, resumed, prefill, after, where, owner, let_go, epoch, conversation, gone,
+                waits)
 
     (seen, journalled, restored, resumed, prefill, after, where, owner, let_go, epoch, conversation,
      gone, waits) = asyncio.run(main())

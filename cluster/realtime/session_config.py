@@ -6,7 +6,7 @@
 | `audio.input.turn_detection` `semantic_vad` | turn policy `model` (the trained end-of-turn detector)  |
 | `audio.input.turn_detection` null / unset   | the server's default (`foreground.turn_policy`, `auto`) |
 | `turn_detection.silence_duration_ms` (`server_vad`) | the session's `end_silence_ms`: the VAD's silence threshold |
-| `turn_detection.eagerness` (`semantic_vad`) | `end_silence_ms` high 0, medium 400, low 600 (auto: the server's `foreground.min_end_silence_ms`) |
+| `turn_detection.eagerness` (`semantic_vad`) | `end_silence_ms`: high 0, medium 400, low 600; auto: the server's |
 | `audio.input.format` pcm 24 kHz / pcmu / pcma | 24 kHz PCM16 chunks (G.711 decoded, 8 -> 24 kHz)      |
 | `audio.output.format`                  | the model's 24 kHz PCM16 as is, or downsampled and G.711-encoded |
 | `instructions`, `audio.output.voice`   | `SessionOpen.instructions`, `.voice`                         |

@@ -155,8 +155,8 @@ class TickScheduler:
         return self.slots.leave(session_id)
 
     def restore(self, session_id: str, input_rate: int | None = None, turn_policy: str | None = None,
-                end_silence_ms: int | None = None, epoch: int = 0, model_speaking: bool = False, user_speaking: bool = False,
-                conversation: list[tuple[str, str, int]] = ()) -> SessionRecord:
+                end_silence_ms: int | None = None, epoch: int = 0, model_speaking: bool = False,
+                user_speaking: bool = False, conversation: list[tuple[str, str, int]] = ()) -> SessionRecord:
         """Re-join a session that another replica held until it was lost, from its journal
         (`foreground.serve.session_journal`): a fresh slot under the same id, its turn epoch
         and floor, its conversation (for background jobs), and a re-prefill of the model.
