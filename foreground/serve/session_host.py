@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from foreground.engine.input_validation import InvalidInput, LimitExceeded, check_end_silence_ms
+from foreground.engine.input_validation import InvalidInput, LimitExceeded
 from foreground.engine.session_slots import SessionsFull
 from foreground.engine.tick_loop import TickLoop
 from foreground.engine.tick_scheduler import SessionOutput, TickScheduler, WovenResult
@@ -58,8 +58,9 @@ POLICIES = {pb.TURN_POLICY_MODEL: "model", pb.TURN_POLICY_VAD: "vad", pb.TURN_PO
 
 
 def requested_end_silence_ms(request: pb.SessionOpen) -> int | None:
-    """The open's `end_silence_ms`, checked; None when the client left it to the replica."""
-    return check_end_silence_ms(request.end_silence_ms) if request.HasField("end_silence_ms") else None
+    """The open's `end_silence_ms` (checked where the engine takes it, `TickScheduler.join`);
+    None when the client left it to the replica."""
+    return request.end_silence_ms if request.HasField("end_silence_ms") else None
 
 
 @dataclass(frozen=True)
