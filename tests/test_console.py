@@ -82,6 +82,14 @@ def test_the_console_streams_the_microphone_and_draws_the_timeline(ray_cluster, 
                 assert not errors.count(), errors.all_inner_texts()
                 print(f"console: model audio {time.monotonic() - started:.1f} s after the page opened; "
                       f"counters {counters}")
+                # The eagerness choice reaches the server, whose session.updated echoes it back.
+                eager = browser.new_page()
+                eager.goto(f"{url}/#key={key}")
+                eager.select_option("#turn-detection", "semantic_vad:low")
+                eager.click("#connect")
+                eager_timeline = eager.locator("#timeline")
+                expect(eager_timeline).to_contain_text("turn detection: semantic_vad, eagerness low", timeout=15_000)
+                expect(eager_timeline).to_contain_text("policy model", timeout=15_000)
             finally:
                 browser.close()
         proc.send_signal(signal.SIGINT)
