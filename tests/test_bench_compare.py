@@ -93,6 +93,10 @@ def test_compare_reports_both_sides_and_stops_vllm(checkpoint, tmp_path):
                     "vllm_tick_ms_p50", "vllm_tick_ms_p99", "ratio_p50"):
             assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, key
         assert row["microturn_backbone_ms_p50"] <= row["microturn_tick_ms_p50"]
+        # Floors: what each side must compute at this process's matmul rate; nobody beats theirs.
+        assert row["matmul_gflops"] > 0 and row["microturn_floor_ratio"] > 1 and row["vllm_floor_ratio"] > 1
+        assert row["ratio_at_microturn_floor"] == pytest.approx(
+            row["vllm_tick_ms_p50"] / row["microturn_flop_floor_ms"], rel=0.02)
         assert row["vllm_context_tokens_mean"] == 12 * (2 + 2)  # ticks 3..5 of 5: 36, 48, 60
     assert result["results"][1]["vllm_prefix_cached_fraction"] > 0  # 48 and 60 reuse a block
     assert result["vllm_greedy_check"]["same_next_token_as_microturn_backbone"]

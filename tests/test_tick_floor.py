@@ -53,6 +53,18 @@ def test_the_floor_grows_with_the_batch(engine):
     assert eight == 8 * one
 
 
+def test_a_text_servers_count_follows_its_context_and_the_computed_tokens(model):
+    """`bench compare`'s floor for vLLM: one more key attended costs QK^T and AV over every
+    head; one more computed token costs the decoder again (projections, router, experts)."""
+    from foreground.model.tick_flops import decoder_layer_flops, prefill_flops
+
+    cfg = model.cfg
+    heads, layers = cfg.num_attention_heads * cfg.head_dim, cfg.num_hidden_layers
+    assert prefill_flops(cfg, 1, 101) - prefill_flops(cfg, 1, 100) == layers * 4 * heads
+    attention, moe = decoder_layer_flops(cfg, 1, attended=0)
+    assert prefill_flops(cfg, 2, 100) - prefill_flops(cfg, 1, 100) == layers * (attention + moe + 4 * heads * 99)
+
+
 def test_stages_tile_the_tick_and_the_clock_is_off_after(engine):
     import time
 

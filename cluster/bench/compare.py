@@ -12,6 +12,10 @@
     throwaway cycle of batch shapes on other ids (vLLM's CPU kernels pay once per new shape),
     then starts from an empty prefix cache.
 
+Each side's floor (its matmul FLOPs at the matmul rate measured in the same process) goes
+with the times, so that the ratio can be read against what each side must compute: microturn
+the whole interaction model over a 256-entry window, vLLM the decoder over the uncached tokens.
+
 The sides take turns every 5 ticks, so both see the same minutes of load from other jobs on
 the shared cores (run one after the other, a busy minute landed on one side only and moved the
 ratio tenfold). Before each microturn turn the bench waits 1.2 s: vLLM's worker busy-polls
@@ -29,6 +33,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,13 +41,16 @@ from typing import Any
 import torch
 
 from cluster.bench.tick import synthetic_chunks
+from cluster.bench.tick_floor import matmul_rate_gflops, tick_flops
 from cluster.bench.vllm_backbone import BLOCK_SIZE, VllmBackbone, seeded_ids
 from foreground.engine.percentiles import percentile
 from foreground.engine.tick_scheduler import TickScheduler
 from foreground.model.family import ReferenceFamily
 from foreground.engine.turn_policy import TurnPolicyConfig
 from foreground.model.checkpoint import ensure_seeded_checkpoint, load_checkpoint
+from foreground.model.config import ModelConfig
 from foreground.model.interaction_model import InteractionModel
+from foreground.model.tick_flops import prefill_flops
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +83,12 @@ NOTES = {
                "runs microturn_threads torch threads (2 threads on these shared, oversubscribed "
                "cores gave p50 167-1617 ms and multi-second p99 at 32 sessions, 1 thread 71-79 ms)",
     "ratio": "vLLM / microturn, > 1 means microturn is faster",
+    "floors": "each side's matmul FLOPs per tick at the matmul rate measured in this process on "
+              "microturn_threads threads (matmul_gflops; vLLM computes on one core as well): microturn's "
+              "as bench tick counts them, vLLM's for the tokens it computed (decoder over the uncached "
+              "tokens, each attending to its whole history, and the LM head for the sampled position). "
+              "ratio_at_microturn_floor = vLLM p50 / microturn's floor: the most a microturn tick with "
+              "no time over its floor would reach against this vLLM",
 }
 
 
@@ -107,7 +121,7 @@ def _compare(sessions: Sequence[int], ticks: int, preset: str, checkpoint: Path 
         load["vllm_started"] = _load()
         same_weights = engine.greedy_next(probe["ids"]) == probe["next"]
         for b in sessions:
-            ours, theirs = _MicroturnRun(model, b), _VllmRun(engine, b, tpt, seed)
+            ours, theirs = _MicroturnRun(model, b), _VllmRun(engine, b, tpt, seed, model.cfg)
             theirs.warm(warmup)
             time.sleep(VLLM_IDLE_S)
             ours.run(warmup, timed=False)
@@ -116,7 +130,8 @@ def _compare(sessions: Sequence[int], ticks: int, preset: str, checkpoint: Path 
                 time.sleep(VLLM_IDLE_S)
                 ours.run(n)
                 theirs.run(n)
-            results.append(_row(b, ours.ms, theirs.ms, tpt))
+            floors = _Floors(matmul_rate_gflops(), sum(tick_flops(ours.engine, b).values()))
+            results.append(_row(b, ours.ms, theirs.ms, tpt, floors))
             log.info("%d sessions: microturn tick p50 %.1f ms (backbone %.1f), vllm %.1f ms: ratio %.2f", b,
                      results[-1]["microturn_tick_ms_p50"], results[-1]["microturn_backbone_ms_p50"],
                      results[-1]["vllm_tick_ms_p50"], results[-1]["ratio_p50"])
@@ -181,12 +196,12 @@ class _MicroturnRun:
 class _VllmRun:
     """Each tick appends 12 seeded-random ids to every session's history and sends them all."""
 
-    def __init__(self, engine: VllmBackbone, sessions: int, tpt: int, seed: int) -> None:
-        self.engine, self.sessions, self.tpt, self.seed = engine, sessions, tpt, seed
+    def __init__(self, engine: VllmBackbone, sessions: int, tpt: int, seed: int, cfg: ModelConfig) -> None:
+        self.engine, self.sessions, self.tpt, self.seed, self.cfg = engine, sessions, tpt, seed, cfg
         self.gens = [torch.Generator().manual_seed(seed * 1_000_003 + sessions * 1_000 + i)
                      for i in range(sessions)]
         self.histories: list[list[int]] = [[] for _ in range(sessions)]
-        self.ms: dict[str, list[float]] = {"tick": [], "context": [], "cached": [], "computed": []}
+        self.ms: dict[str, list[float]] = {"tick": [], "context": [], "cached": [], "computed": [], "flops": []}
 
     def warm(self, warmup: int) -> None:
         """A throwaway pass over one cycle of batch shapes (the uncached token count repeats
@@ -214,6 +229,8 @@ class _VllmRun:
                 self.ms["context"].append(tick.prompt_tokens / self.sessions)
                 self.ms["cached"].append(tick.cached_tokens / tick.prompt_tokens)
                 self.ms["computed"].append((tick.prompt_tokens - tick.cached_tokens) / self.sessions)
+                computed = round(self.ms["computed"][-1])  # every history has the same length
+                self.ms["flops"].append(self.sessions * prefill_flops(self.cfg, computed, len(self.histories[0])))
 
 
 def _greedy_probe(model: InteractionModel, seed: int) -> dict[str, Any]:
@@ -246,7 +263,19 @@ def _timed(fn: Callable[..., Any], sink: list[float]) -> Callable[..., Any]:
     return wrapper
 
 
-def _row(b: int, mt: dict[str, list[float]], vl: dict[str, list[float]], tpt: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Floors:
+    """The matmul rate measured after a session count's ticks, and microturn's tick FLOPs."""
+
+    gflops: float
+    microturn_flops: int
+
+    def ms(self, flops: float) -> float:
+        return flops / self.gflops / 1e6
+
+
+def _row(b: int, mt: dict[str, list[float]], vl: dict[str, list[float]], tpt: int,
+         floors: _Floors) -> dict[str, Any]:
     def p(values: list[float], q: float) -> float:
         return round(percentile(values, q), 2)
 
@@ -267,6 +296,15 @@ def _row(b: int, mt: dict[str, list[float]], vl: dict[str, list[float]], tpt: in
     aligned = [ms for ms, new in zip(vl["tick"], vl["computed"], strict=True) if new <= tpt]
     row["vllm_tick_ms_p50_only_new_tokens"] = p(aligned, 50) if aligned else None
     row["vllm_ticks_only_new_tokens"] = len(aligned)
+    mt_floor, vl_floor = floors.ms(floors.microturn_flops), floors.ms(percentile(vl["flops"], 50))
+    row.update({
+        "matmul_gflops": round(floors.gflops, 1),
+        "microturn_flop_floor_ms": round(mt_floor, 2),
+        "microturn_floor_ratio": round(row["microturn_tick_ms_p50"] / mt_floor, 2),
+        "vllm_flop_floor_ms": round(vl_floor, 2),
+        "vllm_floor_ratio": round(row["vllm_tick_ms_p50"] / vl_floor, 2),
+        "ratio_at_microturn_floor": round(row["vllm_tick_ms_p50"] / mt_floor, 2),
+    })
     return row
 
 

@@ -112,9 +112,11 @@ class TickScheduler:
         self.default_input_rate = default_input_rate
         self.tick_count = 0
         self.gather16, self.gather24 = ChunkGather(max_slots), ChunkGather(max_slots)
-        # Per-slot scalars are written through NumPy views of the tick's tensors (no tensor op each).
+        # Per-slot scalars are written, and each session's PCM read, through NumPy views of the
+        # tick's tensors (no tensor op per session).
         self._is24k, self._text_ids = self.audio.is24k.numpy(), self.audio.text_ids.numpy()
         self._speaking = self.audio.speaking.numpy()
+        self._pcm16_out = self.audio.pcm16_out.numpy()
         self._peak_scratch = torch.zeros(self.queue.samples.shape[-1], dtype=torch.int16)
         self._peak = torch.zeros((), dtype=torch.int16)
 
@@ -390,7 +392,7 @@ class TickScheduler:
             record.ticks += 1
             outputs.append(SessionOutput(
                 session_id=record.session_id, tick=self.tick_count,
-                pcm16=self.audio.pcm16_out[i].numpy().tobytes(), speech=decision.speak,
+                pcm16=self._pcm16_out[i].tobytes(), speech=decision.speak,
                 text=text, events=decision.events, delegated_job_id=job_id, woven=state.woven_now,
                 input_seq=state.input_meta[0], input_received_ns=state.input_meta[1]))
         return outputs
