@@ -145,3 +145,27 @@ def test_moe_output_of_a_token_does_not_depend_on_token_order_or_count(model):
     few = torch.zeros_like(x)
     few[:3] = x[:3]
     assert torch.equal(moe.step(few, 3, ws, torch.empty(3, cfg.hidden_size)), full[:3])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed view"])
+def test_a_row_of_linear_does_not_depend_on_the_row_count(layout):
+    """`kernels.matmul.linear` on the invariant path: each padded row count gives the same rows,
+    for a weight stored [N, K] and for a transposed view of a [K, N] matrix (as the vocoder's
+    `basis.t()`); the one-GEMM check ran on that layout; the tiles (its fallback) agree."""
+    from foreground.kernels import matmul
+
+    gen = torch.Generator().manual_seed(11)
+    k, n = 96, 80
+    weight = torch.randn(n, k, generator=gen) if layout == "contiguous" else torch.randn(k, n, generator=gen).t()
+    x = torch.randn(256, k, generator=gen)
+    full = matmul.linear(x, weight, torch.empty(256, n))
+    for rows in (64, 96, 160):
+        assert torch.equal(matmul.linear(x[:rows], weight, torch.empty(rows, n)), full[:rows])
+    key = (k, n, torch.float32, torch.get_num_threads(), weight.stride())
+    assert key in matmul._one_gemm
+    matmul._one_gemm[key] = False  # as if this BLAS's one GEMM were not row-invariant: tiles
+    try:
+        for rows in (64, 96, 256):
+            assert torch.equal(matmul.linear(x[:rows], weight, torch.empty(rows, n)), full[:rows])
+    finally:
+        del matmul._one_gemm[key]

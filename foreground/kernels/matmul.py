@@ -15,8 +15,10 @@ On those row counts, two ways give every row the same arithmetic:
   rows), and up to 25% faster (one GEMM keeps both cores busy, where a batch of 13 tiles leaves
   one idle for the 13th).
 The second is a property of the BLAS, not a guarantee, so it is checked: the first time a
-[K, N] shape (and dtype, and thread count) comes by, `_one_gemm_is_invariant` compares one GEMM
-with the tiles at several row counts, and the shape uses the tiles unless all are bitwise equal.
+[K, N] shape comes by (with its dtype, the thread count and the weight's strides: a BLAS picks
+its kernel by layout too, and some callers pass a transposed view such as the vocoder's
+`basis.t()`), `_one_gemm_is_invariant` compares one GEMM with the tiles at several row counts, on
+a weight laid out as the caller's, and the shape uses the tiles unless all are bitwise equal.
 A replica runs one warm-up tick before it serves (`engine.warm_up`), so no check lands
 in a live session's tick.
 """
@@ -30,7 +32,7 @@ MIN_TILES = 2
 PROBE_ROWS = (64, 96, 128, 160, 224, 256)  # padded row counts the check compares
 
 _invariant = True
-_one_gemm: dict[tuple, bool] = {}  # (K, N, dtype, threads) -> one GEMM is row-invariant
+_one_gemm: dict[tuple, bool] = {}  # (K, N, dtype, threads, weight strides) -> one GEMM is row-invariant
 
 
 def use_invariant_kernels(enabled: bool) -> None:
@@ -60,7 +62,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
         if rows % ROW_TILE or rows < MIN_TILES * ROW_TILE:
             raise ValueError(f"linear over {rows} rows: pass pad_rows(n) rows (tiles of {ROW_TILE})")
         n_out, k = weight.shape
-        if _one_gemm_is_invariant(k, n_out, x.dtype):
+        if _one_gemm_is_invariant(weight, x.dtype):
             torch.mm(x, weight.t(), out=out)
         else:
             _tiles(x, weight, out)
@@ -78,13 +80,16 @@ def _tiles(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
                      out=out.view(tiles, ROW_TILE, n_out))
 
 
-def _one_gemm_is_invariant(k: int, n: int, dtype: torch.dtype) -> bool:
-    key = (k, n, dtype, torch.get_num_threads())
+def _one_gemm_is_invariant(like: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Is one GEMM row-invariant for weights shaped and laid out as `like` ([N, K])?"""
+    n, k = like.shape
+    key = (k, n, dtype, torch.get_num_threads(), like.stride())
     known = _one_gemm.get(key)
     if known is None:
         gen = torch.Generator().manual_seed(k * 7919 + n)
         x = torch.randn(PROBE_ROWS[-1], k, generator=gen).to(dtype)
-        weight = torch.randn(n, k, generator=gen).to(dtype)
+        weight = torch.empty_strided(like.shape, like.stride(), dtype=dtype)
+        weight.copy_(torch.randn(n, k, generator=gen))
         tiled = torch.empty(PROBE_ROWS[-1], n, dtype=dtype)
         _tiles(x, weight, tiled)
         known = all(torch.equal(torch.mm(x[:rows], weight.t()), tiled[:rows]) for rows in PROBE_ROWS)
