@@ -36,8 +36,9 @@ def test_a_short_soak_reports_every_key_no_error_and_each_process_rss(ray_cluste
     assert EXPECTED_KEYS <= set(report), EXPECTED_KEYS - set(report)
     assert report["errors"] == 0, report["error_samples"]
     assert report["sessions_opened"] > 4 and report["sessions_closed"] == report["sessions_opened"]  # churn
-    # A session that stays a tick late for its life (what the catch-up rule fixed) is late on
-    # nearly every chunk; a noisy box's passing stalls are not (55 of 551 in one CI run here).
+    # A session stuck a tick late (what the catch-up rule fixed) is late on every chunk after
+    # its slip; a noisy box's passing stalls are not (55 of 551 in one CI run here). The rule
+    # itself is tested tick by tick in test_tick_engine.py.
     assert report["late_chunks"] <= 0.25 * report["chunks_sent"], report
     kinds = report["messages_by_kind"]
     assert kinds["audio"] > 0 and kinds["closed"] == report["sessions_closed"]
