@@ -74,11 +74,13 @@ def test_every_entry_point_refuses_a_missing_or_wrong_key_and_health_stays_open(
             async with grpc.aio.insecure_channel(servers.gateway) as gw, \
                     grpc.aio.insecure_channel(servers.replica) as rep:
                 interaction, bus = interaction_pb2_grpc.InteractionStub(gw), eventbus_pb2_grpc.EventBusStub(gw)
+                # The streams write nothing: the key is refused from the metadata alone, and a
+                # write racing the server's early status comes back INTERNAL from grpc's asyncio
+                # client, not with the server's status (grpc/grpc#36066; seen once in CI here).
                 calls = {
                     "gateway OpenSession": interaction.OpenSession(opening.open, metadata=metadata),
-                    "gateway Converse": interaction.Converse(iter([opening]), metadata=metadata),
-                    "replica Converse": interaction_pb2_grpc.InteractionStub(rep).Converse(
-                        iter([opening]), metadata=metadata),
+                    "gateway Converse": interaction.Converse(metadata=metadata),
+                    "replica Converse": interaction_pb2_grpc.InteractionStub(rep).Converse(metadata=metadata),
                     "EventBus Publish": bus.Publish(bus_pb.PublishRequest(
                         session_id="s", token="t", event=_event("s", "e")), metadata=metadata),
                     "EventBus Subscribe": bus.Subscribe(bus_pb.SubscribeRequest(session_id="s", token="t"),
@@ -91,7 +93,7 @@ def test_every_entry_point_refuses_a_missing_or_wrong_key_and_health_stays_open(
         return found, health, await asyncio.to_thread(_reflected_services, servers.gateway)
 
     found, health, services = _run(servers, main())
-    assert {code for code, _ in found.values()} == {grpc.StatusCode.UNAUTHENTICATED}
+    assert {code for code, _ in found.values()} == {grpc.StatusCode.UNAUTHENTICATED}, found
     assert all("missing API key" in details and "authorization: Bearer" in details
                for (name, _), (_, details) in found.items() if name == "missing")
     assert all("not valid" in details for (name, _), (_, details) in found.items() if name == "wrong")
