@@ -126,7 +126,11 @@ async def _watch_cluster(name: str) -> None:
     while failures < WATCH_FAILURES:
         await asyncio.sleep(WATCH_EVERY_S)
         try:
-            status = await asyncio.wait_for(asyncio.to_thread(serve.status), WATCH_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result when the
+            # call ends just as the task is cancelled, swallowing the cancellation (gh-86296), and
+            # the watchdog then never stops (seen once in CI: a test waited on it for 300 s).
+            async with asyncio.timeout(WATCH_TIMEOUT_S):
+                status = await asyncio.to_thread(serve.status)
             healthy = name in status.applications
         except Exception as e:
             log.warning("cluster check failed: %s", e)
