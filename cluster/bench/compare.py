@@ -228,9 +228,11 @@ class _VllmRun:
                 self.ms["tick"].append(tick.ms)
                 self.ms["context"].append(tick.prompt_tokens / self.sessions)
                 self.ms["cached"].append(tick.cached_tokens / tick.prompt_tokens)
-                self.ms["computed"].append((tick.prompt_tokens - tick.cached_tokens) / self.sessions)
-                computed = round(self.ms["computed"][-1])  # every history has the same length
-                self.ms["flops"].append(self.sessions * prefill_flops(self.cfg, computed, len(self.histories[0])))
+                computed = (tick.prompt_tokens - tick.cached_tokens) / self.sessions
+                self.ms["computed"].append(computed)
+                # Every history has the same length, so every session computed the same count.
+                self.ms["flops"].append(self.sessions * prefill_flops(self.cfg, round(computed),
+                                                                      len(self.histories[0])))
 
 
 def _greedy_probe(model: InteractionModel, seed: int) -> dict[str, Any]:

@@ -7,6 +7,8 @@ expert outputs are added in expert order, weighted by the softmax over its top-k
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 from torch import nn
 
@@ -79,26 +81,18 @@ class MixtralSparseMoe(nn.Module):
         torch.div(order, k, rounding_mode="floor", out=token)
         ws.counts.zero_().index_add_(0, flat_e, ws.ones[:nk])
         torch.index_select(x, 0, token, out=ws.x[:nk])
-        spans = [(e, start, count) for e, (start, count) in enumerate(_spans(ws.counts.tolist())) if count]
-        for e, start, count in spans:
-            tiled = slice(start, start + pad_rows(count))
+        counts = ws.counts.tolist()
+        # Each expert with tokens: its rows in whole tiles, from its first row in expert order.
+        tiles = [(e, slice(start, start + pad_rows(count)))
+                 for e, (start, count) in enumerate(zip(accumulate(counts, initial=0), counts)) if count]
+        for e, tiled in tiles:
             linear(ws.x[tiled], self.gate_up[e], ws.gate_up[tiled])
         gate_up = ws.gate_up[:nk]
         torch.mul(nn.functional.silu(gate_up[:, : self.inner], inplace=True), gate_up[:, self.inner :],
                   out=ws.act[:nk])
-        for e, start, count in spans:
-            tiled = slice(start, start + pad_rows(count))
+        for e, tiled in tiles:
             linear(ws.act[tiled], self.experts[e].w2.weight, ws.y[tiled])
         torch.index_select(top_w.view(nk), 0, order, out=ws.weight[:nk].view(nk))
         y = ws.y[:nk].mul_(ws.weight[:nk])
         # index_add_ adds source rows in their order: each token's experts in expert order.
         return out.zero_().index_add_(0, token, y)
-
-
-def _spans(counts: list[int]) -> list[tuple[int, int]]:
-    """(first row, rows) of each expert's run in the expert-sorted rows."""
-    spans, start = [], 0
-    for count in counts:
-        spans.append((start, count))
-        start += count
-    return spans
