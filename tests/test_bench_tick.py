@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from cluster.bench import tick as tick_bench
 from foreground.kernels.matmul import invariant_kernels
@@ -20,7 +21,14 @@ def test_a_small_run_reports_invariance_allocations_floor_and_paired_ratio():
     assert result["invariant_overhead_ratio"] == pytest.approx(
         result["paired_invariant_tick_ms_p50"] / result["fast_tick_ms_p50"], abs=2e-3)
     assert result["flop_floor_ms"] > 0 and result["floor_ratio"] > 1
+    # The products alone take less than the tick (which runs them and more), at most its floor rate.
+    assert 0 < result["gemm_replay_ms"] < result["tick_ms_p50"] and result["gemm_calls_per_tick"] > 0
+    assert result["gemm_gflop"] >= result["tick_gflop"] * 0.5
     assert {"engine.vad", "backbone.attention", "backbone.moe"} <= result["stages"].keys()
+    # Every product ran inside a stage, and the stages' replays add up to the tick's.
+    by_stage = {s: row["gemm_replay_ms"] for s, row in result["stages"].items() if "gemm_replay_ms" in row}
+    assert "unstaged" not in by_stage and by_stage["backbone.moe"] > 0
+    assert sum(by_stage.values()) == pytest.approx(result["gemm_replay_ms"], abs=0.1)
     json.dumps(result)
 
 
@@ -53,3 +61,49 @@ def test_replay_alone_catches_a_session_whose_batched_outputs_differ():
     assert tick_bench._replay_alone(None, "tiny", names, chunks, digests, 3, "hybrid")
     digests["b"][1] = "0" * 32  # as if session b's second tick had come out otherwise in the batch
     assert not tick_bench._replay_alone(None, "tiny", names, chunks, digests, 3, "hybrid")
+
+
+def test_the_gemm_replay_counts_each_product_with_its_layout_and_flops():
+    from cluster.bench.gemm_replay import UNSTAGED, record_matmuls, replay
+
+    x, w = torch.randn(64, 32), torch.randn(48, 32)
+    out, scores = torch.empty(64, 48), torch.empty(4, 8, 16)
+    q, k = torch.randn(4, 8, 5), torch.randn(4, 16, 5)
+
+    def tick():
+        for _ in range(3):
+            torch.mm(x, w.t(), out=out)  # a transposed weight, as `linear` passes it
+        torch.bmm(q, k.transpose(1, 2), out=scores)
+        torch.addmm(out[:1, :1].view(1), x[:1], w[:1].t())  # an addmm through a view
+
+    calls = record_matmuls(tick)
+    assert sorted(calls.values()) == [1, 1, 3]
+    mm = next(c for _, c in calls if c.op.overloadpacket is torch.ops.aten.mm)
+    assert [a.stride for a in mm.args] == [(32, 1), (1, 32)]  # the layout, not only the shape
+    result = replay(calls, repeats=3)
+    assert result.calls == 5 and result.distinct == 3
+    assert result.by_stage_ms.keys() == {UNSTAGED}  # nothing lapped the stage clock
+    assert result.gflop * 1e9 == 3 * 2 * 64 * 32 * 48 + 2 * 4 * 8 * 5 * 16 + 2 * 1 * 32 * 1
+    assert result.replay_ms > 0
+
+
+def test_the_gemm_replay_puts_each_product_in_the_stage_it_ran_in():
+    from cluster.bench.gemm_replay import record_matmuls
+    from foreground.engine.stage_clock import STAGES
+
+    a = torch.randn(8, 8)
+
+    def tick():
+        STAGES.start()
+        torch.mm(a, a)
+        STAGES.lap("first")
+        torch.mm(a, a)
+        torch.bmm(a[None], a[None])
+        STAGES.lap("second")
+
+    calls = record_matmuls(tick)
+    by_stage = {}
+    for (stage, _), n in calls.items():
+        by_stage[stage] = by_stage.get(stage, 0) + n
+    assert by_stage == {"first": 1, "second": 2}
+    assert not STAGES.enabled and STAGES.on_lap is None  # the clock is off again, as in serving

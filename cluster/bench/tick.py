@@ -14,7 +14,8 @@ batched tick. Ticks run back to back (no sleeping) after warm-up, in three phase
 
 Then every session is replayed alone through phase 1 (same chunks, same seed) and its digests
 compared: `invariant` is true when all are bitwise equal. The floor (`flop_floor_ms`,
-`floor_ratio`) and the per-stage table (`stages`) are `tick_floor`'s; `--find-max` is
+`floor_ratio`) and the per-stage table (`stages`) are `tick_floor`'s; `gemm_replay_ms` (one
+tick's matrix products, each run alone at its own shape) is `gemm_replay`'s; `--find-max` is
 `find_max_sessions`. RSS is compared between the end of
 warm-up and the end of phase 1. Either model family: `--checkpoint` a Moshi-family folder and a
 tick is one 80 ms frame (`tick_ms_*` are then per frame, `realtime` means p99 < 80 ms).
@@ -36,6 +37,7 @@ from foreground.engine.tick_scheduler import TickScheduler
 from foreground.engine.turn_policy import TurnPolicyConfig
 from foreground.family_loader import load_family
 from foreground.kernels.matmul import use_invariant_kernels
+from cluster.bench.gemm_replay import record_matmuls, replay
 from cluster.bench.tick_floor import matmul_rate_gflops, stage_table, tick_flops
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,10 @@ def run_tick_bench(sessions: int, ticks: int, preset: str = "tiny", checkpoint=N
     flops = tick_flops(engine, sessions)
     floor_ms = sum(flops.values()) / gflops / 1e6
     stages = stage_table(driver.tick, STAGE_TICKS, flops, gflops)
+    gemm = replay(record_matmuls(driver.tick))
+    for stage, ms in gemm.by_stage_ms.items():
+        stages.setdefault(stage, {})["gemm_replay_ms"] = round(ms, 2)
+    log.info("the tick's %d products replayed alone: %.1f ms (floor %.1f ms)", gemm.calls, gemm.replay_ms, floor_ms)
 
     allocations, by_op = 0, {}
     for _ in range(COUNTED_TICKS):
@@ -151,6 +157,11 @@ def run_tick_bench(sessions: int, ticks: int, preset: str = "tiny", checkpoint=N
         "tick_gflop": round(sum(flops.values()) / 1e9, 3),
         "flop_floor_ms": round(floor_ms, 2),
         "floor_ratio": round(percentile(invariant_ms, 50) / floor_ms, 3),
+        "gemm_calls_per_tick": gemm.calls,
+        "gemm_gflop": round(gemm.gflop, 3),
+        "gemm_replay_ms": round(gemm.replay_ms, 2),
+        "gemm_replay_floor_ratio": round(gemm.replay_ms / floor_ms, 3),
+        "tick_over_gemm_replay_ratio": round(percentile(invariant_ms, 50) / gemm.replay_ms, 3),
         "stages": stages,
         "invariant": invariant,
         "hot_path_allocations": allocations,

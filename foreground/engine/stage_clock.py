@@ -12,6 +12,7 @@ runs on one thread at a time.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -20,6 +21,7 @@ class StageClock:
     enabled: bool = False
     total_ms: dict[str, float] = field(default_factory=dict)  # per stage, over `ticks`
     ticks: int = 0
+    on_lap: Callable[[str], None] | None = None  # told each stage's end (`bench tick`'s product replay)
     _last: float = 0.0
 
     def start(self) -> None:
@@ -34,9 +36,11 @@ class StageClock:
             now = time.perf_counter()
             self.total_ms[stage] = self.total_ms.get(stage, 0.0) + (now - self._last) * 1000
             self._last = now
+            if self.on_lap is not None:
+                self.on_lap(stage)
 
-    def reset(self, enabled: bool) -> None:
-        self.enabled, self.total_ms, self.ticks = enabled, {}, 0
+    def reset(self, enabled: bool, on_lap: Callable[[str], None] | None = None) -> None:
+        self.enabled, self.total_ms, self.ticks, self.on_lap = enabled, {}, 0, on_lap
 
     def per_tick_ms(self) -> dict[str, float]:
         """Mean milliseconds per tick in each stage, in the order stages first ran."""
