@@ -3,14 +3,20 @@
 `flop_floor_ms` prices every FLOP at the rate of one large square product (1024 x 1024 x 1024).
 The tick's products are smaller (K of 32 to 1280, 2 to 4800 outputs, the attention's batches of
 48 x 32 tiles), and a BLAS runs those slower: its packing and loop costs are spread over fewer
-FLOPs. To tell that cost apart from the rest of the time over the floor, one tick's products are
-recorded (op, operand shapes and strides, dtype), and each distinct one then runs alone, on fresh
-operands laid out the same way, with its operands warm in cache. `replay_ms` is the sum over the
-tick's calls of their median times: no tick that uses these kernels can take less, so
-`replay_ms / flop_floor_ms` is the part of `floor_ratio` that belongs to the BLAS at these shapes
-rather than to the tick's own code (its element-wise ops, Python, the caches it evicts).
-Each product is also put in the stage it ran in (the stage clock's laps, `STAGES`), so the stage
-table can show, per stage, its wall time, its floor and its products' time alone.
+FLOPs. To tell that cost apart from the rest of the time over the floor, a few ticks' products
+are recorded (op, operand shapes and strides, dtype) and each distinct one then runs alone, on
+fresh operands laid out the same way and warm in cache. `replay_ms` is the sum over a tick's
+calls of their median times: no tick that uses these kernels can take less. The replay runs in
+rounds that take turns with the reference product, so that `replay_ms` over the floor at the rate
+timed in those same seconds (`gemm_replay_floor_ratio` in `bench tick`) is the part of
+`floor_ratio` that belongs to the BLAS at these shapes, not to drift between two minutes of a
+shared machine nor to the tick's own code.
+
+The same products are also timed where the tick ran them (`in_tick_ms`): over `replay_ms`, that
+is what the tick's working set (KV caches, scores, other buffers) costs them in the caches; the
+tick's wall time over `in_tick_ms` is everything that is not a product (element-wise ops,
+copies, Python between ops). Each product is put in the stage it ran in (the stage clock's laps,
+`STAGES`), so the stage table shows both times per stage.
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
+from cluster.bench.tick_floor import matmul_rate_gflops
 from foreground.engine.stage_clock import STAGES
 
 MATMUL_OPS = frozenset({torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.addmm, torch.ops.aten.baddbmm})
-REPEATS = 9
+ROUNDS = 5
+REPEATS = 5
 
 
 @dataclass(frozen=True)
@@ -64,61 +72,96 @@ class MatmulCall:
 
 @dataclass(frozen=True)
 class GemmReplay:
+    """Per tick (the recorded ticks' mean), the products' time three ways (ms): alone at their
+    shapes (`replay_ms`), as they ran inside the tick (`in_tick_ms`: the same products among the
+    tick's other work, its working set in the caches), and their FLOPs."""
     replay_ms: float  # sum over the tick's calls of each one's median time alone
-    by_stage_ms: dict[str, float]  # the same sum, per stage
+    replay_by_stage_ms: dict[str, float]  # the same sum, per stage
+    in_tick_ms: float  # the same calls, each timed where the tick ran it
+    in_tick_by_stage_ms: dict[str, float]
+    matmul_gflops: float  # the reference rate, timed in turns with the replay
     gflop: float  # the FLOPs the tick's products run (padded rows included)
-    calls: int  # products per tick
+    calls: float  # products per tick
     distinct: int  # distinct (op, layout) among them
 
 
 UNSTAGED = "unstaged"  # products after the last lap (or all of them, when nothing laps)
 
 
+@dataclass
+class MatmulRecording:
+    ticks: int
+    calls: Counter[tuple[str, MatmulCall]]  # over all recorded ticks, by (stage, op, layout)
+    in_tick_ms: Counter[str]  # over all recorded ticks, per stage
+
+
 class _MatmulRecorder(TorchDispatchMode):
-    def __init__(self) -> None:
+    def __init__(self, recording: MatmulRecording) -> None:
         super().__init__()
-        self.calls: Counter[tuple[str, MatmulCall]] = Counter()
+        self.recording = recording
         self._pending: list[MatmulCall] = []  # since the last lap
+        self._pending_ms = 0.0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func.overloadpacket in MATMUL_OPS:
-            self._pending.append(MatmulCall(func, tree_map(_spec, tuple(args)),
-                                            tuple(sorted(tree_map(_spec, kwargs).items()))))
-        return func(*args, **kwargs)
+        if func.overloadpacket not in MATMUL_OPS:
+            return func(*args, **kwargs)
+        self._pending.append(MatmulCall(func, tree_map(_spec, tuple(args)),
+                                        tuple(sorted(tree_map(_spec, kwargs).items()))))
+        start = time.perf_counter()
+        result = func(*args, **kwargs)
+        self._pending_ms += (time.perf_counter() - start) * 1e3
+        return result
 
     def end_stage(self, stage: str) -> None:
-        self.calls.update((stage, call) for call in self._pending)
+        self.recording.calls.update((stage, call) for call in self._pending)
+        self.recording.in_tick_ms[stage] += self._pending_ms
         self._pending.clear()
+        self._pending_ms = 0.0
 
 
 def _spec(x):
     return TensorSpec(tuple(x.shape), tuple(x.stride()), x.dtype) if isinstance(x, torch.Tensor) else x
 
 
-def record_matmuls(run) -> Counter[tuple[str, MatmulCall]]:
-    """The products `run()` calls, counted by (stage, op, layout); the stage clock runs meanwhile."""
-    recorder = _MatmulRecorder()
+def record_matmuls(run, ticks: int = 1) -> MatmulRecording:
+    """The products of `ticks` calls of `run()`, by stage; the stage clock runs meanwhile."""
+    recording = MatmulRecording(ticks, Counter(), Counter())
+    recorder = _MatmulRecorder(recording)
     STAGES.reset(enabled=True, on_lap=recorder.end_stage)
     try:
         with recorder:
-            run()
-        recorder.end_stage(UNSTAGED)
+            for _ in range(ticks):
+                run()
+                recorder.end_stage(UNSTAGED)
     finally:
         STAGES.reset(enabled=False)
-    return recorder.calls
+    recording.in_tick_ms = +recording.in_tick_ms  # stages with no products dropped
+    return recording
 
 
-def replay(calls: Counter[tuple[str, MatmulCall]], repeats: int = REPEATS) -> GemmReplay:
-    """Each distinct product alone: median of `repeats` after one warm-up, times its count."""
+def replay(recording: MatmulRecording, rounds: int = ROUNDS, repeats: int = REPEATS) -> GemmReplay:
+    """Each distinct product alone, `repeats` times back to back (median), in each of `rounds`
+    rounds; a round starts with the reference rate (`matmul_rate_gflops`), so the rate and the
+    products are timed in the same seconds of a shared machine. Medians over the rounds."""
     gen = torch.Generator().manual_seed(0)
-    median_ms = {call: _median_ms(call.prepared(gen), repeats) for call in {c for _, c in calls}}
-    by_stage: dict[str, float] = {}
+    calls, ticks = recording.calls, recording.ticks
+    products = {call: call.prepared(gen) for call in {c for _, c in calls}}
+    rates, samples = [], {call: [] for call in products}
+    for _ in range(rounds):
+        rates.append(matmul_rate_gflops(repeats=3))
+        for call, product in products.items():
+            samples[call].append(_median_ms(product, repeats))
+    median_ms = {call: statistics.median(ms) for call, ms in samples.items()}
+    by_stage: Counter[str] = Counter()
     for (stage, call), count in calls.items():
-        by_stage[stage] = by_stage.get(stage, 0.0) + count * median_ms[call]
-    return GemmReplay(replay_ms=sum(by_stage.values()), by_stage_ms=by_stage,
-                      gflop=sum(c.flops() * n for (_, c), n in calls.items()) / 1e9,
-                      calls=sum(calls.values()), distinct=len(median_ms))
+        by_stage[stage] += count * median_ms[call] / ticks
+    in_tick = {stage: ms / ticks for stage, ms in recording.in_tick_ms.items()}
+    return GemmReplay(replay_ms=sum(by_stage.values()), replay_by_stage_ms=dict(by_stage),
+                      in_tick_ms=sum(in_tick.values()), in_tick_by_stage_ms=in_tick,
+                      matmul_gflops=statistics.median(rates),
+                      gflop=sum(c.flops() * n for (_, c), n in calls.items()) / ticks / 1e9,
+                      calls=sum(calls.values()) / ticks, distinct=len(median_ms))
 
 
 def _median_ms(product, repeats: int) -> float:
