@@ -97,6 +97,10 @@ def test_compare_reports_both_sides_and_stops_vllm(checkpoint, tmp_path):
         assert row["matmul_gflops"] > 0 and row["microturn_floor_ratio"] > 1 and row["vllm_floor_ratio"] > 1
         assert row["ratio_at_microturn_floor"] == pytest.approx(
             row["vllm_tick_ms_p50"] / row["microturn_flop_floor_ms"], rel=0.02)
+        # microturn's products alone: less than its tick, which runs them and more.
+        assert 0 < row["microturn_gemm_replay_ms"] < row["microturn_tick_ms_p50"]
+        assert row["ratio_at_microturn_gemm_replay"] == pytest.approx(
+            row["vllm_tick_ms_p50"] / row["microturn_gemm_replay_ms"], rel=0.02)
         assert row["vllm_context_tokens_mean"] == 12 * (2 + 2)  # ticks 3..5 of 5: 36, 48, 60
     assert result["results"][1]["vllm_prefix_cached_fraction"] > 0  # 48 and 60 reuse a block
     assert result["vllm_greedy_check"]["same_next_token_as_microturn_backbone"]

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from cluster.bench.gemm_replay import record_matmuls, replay
 from cluster.bench.tick import synthetic_chunks
 from cluster.bench.tick_floor import matmul_rate_gflops, tick_flops
 from cluster.bench.vllm_backbone import BLOCK_SIZE, VllmBackbone, seeded_ids
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 WARMUP_TICKS = 5
 ROUND_TICKS = 5  # the sides take turns every this many ticks
+REPLAY_TICKS = 3  # microturn ticks whose matrix products are replayed alone (after the timed ones)
 VLLM_IDLE_S = 1.2  # vLLM's worker busy-polls its queue for 1 s after each message, then sleeps
 TARGET_RATIO = 3.0  # DESIGN.md §6: microturn's tick >= 3x faster than vLLM's at 32 sessions
 
@@ -89,6 +91,11 @@ NOTES = {
               "tokens, each attending to its whole history, and the LM head for the sampled position). "
               "ratio_at_microturn_floor = vLLM p50 / microturn's floor: the most a microturn tick with "
               "no time over its floor would reach against this vLLM",
+    "gemm_replay": "microturn_gemm_replay_ms: the matrix products of microturn's tick (recorded over "
+                   f"{REPLAY_TICKS} ticks after the timed ones), each run alone at its shape on microturn_threads "
+                   "threads (bench tick's gemm_replay_ms): no microturn tick with these kernels takes "
+                   "less. ratio_at_microturn_gemm_replay = vLLM p50 / that: the most microturn could "
+                   "reach against this vLLM if its tick ran nothing but its products",
 }
 
 
@@ -131,7 +138,9 @@ def _compare(sessions: Sequence[int], ticks: int, preset: str, checkpoint: Path 
                 ours.run(n)
                 theirs.run(n)
             floors = _Floors(matmul_rate_gflops(), sum(tick_flops(ours.engine, b).values()))
-            results.append(_row(b, ours.ms, theirs.ms, tpt, floors))
+            time.sleep(VLLM_IDLE_S)
+            products = replay(record_matmuls(lambda: ours.run(1, timed=False), REPLAY_TICKS))
+            results.append(_row(b, ours.ms, theirs.ms, tpt, floors, products.replay_ms))
             log.info("%d sessions: microturn tick p50 %.1f ms (backbone %.1f), vllm %.1f ms: ratio %.2f", b,
                      results[-1]["microturn_tick_ms_p50"], results[-1]["microturn_backbone_ms_p50"],
                      results[-1]["vllm_tick_ms_p50"], results[-1]["ratio_p50"])
@@ -277,7 +286,7 @@ class _Floors:
 
 
 def _row(b: int, mt: dict[str, list[float]], vl: dict[str, list[float]], tpt: int,
-         floors: _Floors) -> dict[str, Any]:
+         floors: _Floors, gemm_replay_ms: float) -> dict[str, Any]:
     def p(values: list[float], q: float) -> float:
         return round(percentile(values, q), 2)
 
@@ -306,6 +315,8 @@ def _row(b: int, mt: dict[str, list[float]], vl: dict[str, list[float]], tpt: in
         "vllm_flop_floor_ms": round(vl_floor, 2),
         "vllm_floor_ratio": round(row["vllm_tick_ms_p50"] / vl_floor, 2),
         "ratio_at_microturn_floor": round(row["vllm_tick_ms_p50"] / mt_floor, 2),
+        "microturn_gemm_replay_ms": round(gemm_replay_ms, 2),
+        "ratio_at_microturn_gemm_replay": round(row["vllm_tick_ms_p50"] / gemm_replay_ms, 2),
     })
     return row
 
