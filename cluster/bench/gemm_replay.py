@@ -1,7 +1,7 @@
 """The tick's matrix products replayed alone: what this machine's BLAS needs at the tick's shapes.
 
 `flop_floor_ms` prices every FLOP at the rate of one large square product (1024 x 1024 x 1024).
-The tick's products are smaller (K of 32 to 1280, 2 to 4800 outputs, the attention's batches of
+The tick's products are smaller (K of 32 to 1280, 1 to 4800 outputs, the attention's batches of
 48 x 32 tiles), and a BLAS runs those slower: its packing and loop costs are spread over fewer
 FLOPs. To tell that cost apart from the rest of the time over the floor, a few ticks' products
 are recorded (op, operand shapes and strides, dtype) and each distinct one then runs alone, on
