@@ -7,6 +7,9 @@ so a client that sends too fast cannot make the session fall behind real time.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 import torch
 
 from foreground.engine.session_slots import SessionRecord
@@ -15,12 +18,20 @@ QUEUE_DEPTH = 4
 MAX_CHUNK_SAMPLES = 4800  # 200 ms at 24 kHz
 
 
+class QueuedChunk(NamedTuple):
+    rate: int  # its sample rate
+    meta: tuple  # as pushed: the client's seq and when the chunk arrived
+    row: int  # its samples' row in `ChunkQueue.rows()`, valid until the next push
+
+
 class ChunkQueue:
     def __init__(self, max_slots: int, depth: int = QUEUE_DEPTH) -> None:
         self.depth = depth
         self.samples = torch.zeros(max_slots, depth, MAX_CHUNK_SAMPLES, dtype=torch.int16)
         self.rates = torch.zeros(max_slots, depth, dtype=torch.int32)
-        self._rates = self.rates.numpy()  # the same memory: read per chunk without a tensor op
+        # The same memory as NumPy arrays: a chunk is written and read through them on the
+        # replica's event loop, where indexing a tensor cost 8 ops and ~14 us a chunk (1.7 us here).
+        self._samples, self._rates = self.samples.numpy(), self.rates.numpy()
 
     def state_tensors(self) -> list[torch.Tensor]:
         return [self.samples, self.rates]
@@ -30,31 +41,30 @@ class ChunkQueue:
 
     def push(self, record: SessionRecord, pcm16: bytes, rate: int, meta: tuple = ()) -> None:
         """Queue one validated chunk (call with the slots' lock held); `meta` comes back from
-        `pop` with it (the client's seq and when the chunk arrived)."""
+        `pop` with it."""
         state = record.state
         head, size = state.queue_head, state.queue_size
         if size == self.depth:
             head, size = (head + 1) % self.depth, size - 1
             record.dropped_chunks += 1
         pos = (head + size) % self.depth
-        view = torch.frombuffer(bytearray(pcm16), dtype=torch.int16)
-        self.samples[record.slot, pos, : view.numel()].copy_(view)
-        self.rates[record.slot, pos] = rate
+        samples = np.frombuffer(pcm16, dtype=np.int16)
+        self._samples[record.slot, pos, : samples.size] = samples
+        self._rates[record.slot, pos] = rate
         if not state.queue_meta:
             state.queue_meta = [()] * self.depth
         state.queue_meta[pos] = meta
         state.queue_head, state.queue_size = head, size + 1
 
-    def pop(self, record: SessionRecord) -> tuple[torch.Tensor, int, tuple, int] | None:
-        """The oldest chunk's samples (a view, valid until the next push), rate, meta and its
-        row in `rows()` (for a batched copy)."""
+    def pop(self, record: SessionRecord) -> QueuedChunk | None:
+        """The oldest chunk (the tick copies every popped chunk's row in one batched gather)."""
         state = record.state
         if state.queue_size == 0:
             return None
         head = state.queue_head
         rate = int(self._rates[record.slot, head])
         state.queue_head, state.queue_size = (head + 1) % self.depth, state.queue_size - 1
-        return self.samples[record.slot, head], rate, state.queue_meta[head], record.slot * self.depth + head
+        return QueuedChunk(rate, state.queue_meta[head], record.slot * self.depth + head)
 
     def rows(self) -> torch.Tensor:
         """Every queued chunk's samples as one row: [max_slots * depth, MAX_CHUNK_SAMPLES]."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from foreground.engine.chunk_gather import ChunkGather
-from foreground.engine.chunk_queue import ChunkQueue
+from foreground.engine.chunk_queue import ChunkQueue, QueuedChunk
 from foreground.engine.delegation import CollectingJobSink, JobSink, make_job
 from foreground.engine.input_validation import (
     InvalidInput,
@@ -294,17 +294,17 @@ class TickScheduler:
         self.gather24.start()
         for record in records:
             slot, chunk, state = record.slot, self._next_chunk(record), record.state
-            state.input_meta = chunk[2] if chunk and chunk[2] else (0, 0)
+            state.input_meta = chunk.meta if chunk and chunk.meta else (0, 0)
             if chunk is None:
                 record.late_chunks += state.audio_started
                 buf.pcm16k[slot].zero_()
                 buf.pcm24k[slot].zero_()
                 self._is24k[slot] = self.shape.model_rate == 24_000
-            elif chunk[1] == 24_000:
-                self.gather24.add(chunk[3], slot)
+            elif chunk.rate == 24_000:
+                self.gather24.add(chunk.row, slot)
                 self._is24k[slot] = True
             else:
-                self.gather16.add(chunk[3], slot)
+                self.gather16.add(chunk.row, slot)
                 self._is24k[slot] = False
             state.woven_now = []
             for i in range(text_slots):
@@ -361,8 +361,8 @@ class TickScheduler:
             return token
         return state.text_in.pop(0) if state.text_in else self.shape.pad_token
 
-    def _near_silent(self, chunk) -> bool:
-        samples = chunk[0][: chunk[1] * self.shape.tick_ms // 1000]
+    def _near_silent(self, chunk: QueuedChunk) -> bool:
+        samples = self.queue.rows()[chunk.row, : chunk.rate * self.shape.tick_ms // 1000]
         torch.abs(samples, out=self._peak_scratch[: samples.numel()])
         return int(torch.amax(self._peak_scratch[: samples.numel()], dim=0, out=self._peak)) < SILENT_PEAK
 
