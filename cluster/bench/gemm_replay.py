@@ -30,7 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from cluster.bench.tick_floor import matmul_rate_gflops
+from cluster.bench.tick_floor import matmul_rate_gflops, median_seconds
 from foreground.engine.stage_clock import STAGES
 
 MATMUL_OPS = frozenset({torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.addmm, torch.ops.aten.baddbmm})
@@ -114,6 +114,8 @@ class _MatmulRecorder(TorchDispatchMode):
         return result
 
     def end_stage(self, stage: str) -> None:
+        if not self._pending:  # a stage without products is left out of the recording
+            return
         self.recording.calls.update((stage, call) for call in self._pending)
         self.recording.in_tick_ms[stage] += self._pending_ms
         self._pending.clear()
@@ -136,7 +138,6 @@ def record_matmuls(run, ticks: int = 1) -> MatmulRecording:
                 recorder.end_stage(UNSTAGED)
     finally:
         STAGES.reset(enabled=False)
-    recording.in_tick_ms = +recording.in_tick_ms  # stages with no products dropped
     return recording
 
 
@@ -151,7 +152,7 @@ def replay(recording: MatmulRecording, rounds: int = ROUNDS, repeats: int = REPE
     for _ in range(rounds):
         rates.append(matmul_rate_gflops(repeats=3))
         for call, product in products.items():
-            samples[call].append(_median_ms(product, repeats))
+            samples[call].append(median_seconds(product, repeats) * 1e3)
     median_ms = {call: statistics.median(ms) for call, ms in samples.items()}
     by_stage: Counter[str] = Counter()
     for (stage, call), count in calls.items():
@@ -162,13 +163,3 @@ def replay(recording: MatmulRecording, rounds: int = ROUNDS, repeats: int = REPE
                       matmul_gflops=statistics.median(rates),
                       gflop=sum(c.flops() * n for (_, c), n in calls.items()) / ticks / 1e9,
                       calls=sum(calls.values()) / ticks, distinct=len(median_ms))
-
-
-def _median_ms(product, repeats: int) -> float:
-    product()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        product()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3

@@ -27,14 +27,20 @@ RATE_REPEATS = 15
 def matmul_rate_gflops(size: int = RATE_SIZE, repeats: int = RATE_REPEATS) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     out = torch.empty(size, size)
-    for _ in range(3):
-        torch.mm(a, b, out=out)
+    seconds = median_seconds(lambda: torch.mm(a, b, out=out), repeats, warmups=3)
+    return 2 * size**3 / seconds / 1e9
+
+
+def median_seconds(run, repeats: int, warmups: int = 1) -> float:
+    """The median wall time of `repeats` back-to-back calls of `run()`, after `warmups` untimed."""
+    for _ in range(warmups):
+        run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.mm(a, b, out=out)
+        run()
         times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
+    return statistics.median(times)
 
 
 def tick_flops(engine: TickScheduler, batch: int) -> dict[str, int]:
