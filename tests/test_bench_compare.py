@@ -1,9 +1,10 @@
 """`microturn bench compare` and the checkpoint's byte-level tokenizer (what lets vLLM serve
 our checkpoint folder as it is).
 
-The slow test runs the whole comparison (a real vLLM engine on CPU, ~30-60 s to start) with
+The slow test runs the whole comparison (a real vLLM engine on CPU, ~15-60 s to start) with
 two small session counts and checks that both sides report numbers, that vLLM computed the
-same greedy token as our backbone, and that its engine-core and worker processes are gone.
+same greedy token as our backbone in one forward a tick, on microturn's thread count, that both
+sides were profiled op by op, and that vLLM's host process is gone.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def test_compare_reports_both_sides_and_stops_vllm(checkpoint, tmp_path):
     check_round_trip(result["checkpoint"])
     assert result["bench"] == "compare" and result["sessions"] == [1, 2]
     assert result["microturn_threads"] == 1 and torch.get_num_threads() == threads  # restored
+    assert result["vllm"]["compute_threads"] == 1  # vLLM on as many threads as microturn
     assert [r["sessions"] for r in result["results"]] == [1, 2]
     for row in result["results"]:
         for key in ("microturn_tick_ms_p50", "microturn_tick_ms_p99", "microturn_backbone_ms_p50",
@@ -102,6 +104,20 @@ def test_compare_reports_both_sides_and_stops_vllm(checkpoint, tmp_path):
         assert row["ratio_at_microturn_gemm_replay"] == pytest.approx(
             row["vllm_tick_ms_p50"] / row["microturn_gemm_replay_ms"], rel=0.02)
         assert row["vllm_context_tokens_mean"] == 12 * (2 + 2)  # ticks 3..5 of 5: 36, 48, 60
+        # Every session's request of a tick in one engine forward, as microturn's one batched tick.
+        assert row["vllm_forwards_per_tick"] == 1.0
+        for side, profile in row["profile"].items():
+            ops = profile["top_ops"]
+            assert profile["ticks"] == 3 and ops, side
+            assert [op["self_ms_per_tick"] for op in ops] == sorted((op["self_ms_per_tick"] for op in ops),
+                                                                    reverse=True), side
+            assert 0 < ops[0]["self_ms_per_tick"] <= profile["ops_self_ms_per_tick"] <= profile["wall_ms_per_tick"]
+        # microturn's tick is mostly products (ATen's mm/bmm); vLLM's model ran in its host,
+        # where it was profiled: its MoE and attention kernels are there.
+        assert 0 < row["profile"]["microturn"]["products_self_ms_per_tick"] < row["profile"]["microturn"][
+            "ops_self_ms_per_tick"]
+        assert {"_C::cpu_fused_moe", "_C::cpu_attention_with_kv_cache"} <= {
+            op["op"] for op in row["profile"]["vllm"]["top_ops"]}
     assert result["results"][1]["vllm_prefix_cached_fraction"] > 0  # 48 and 60 reuse a block
     assert result["vllm_greedy_check"]["same_next_token_as_microturn_backbone"]
     assert result["vllm_processes_left"] == []

@@ -5,12 +5,13 @@
     interaction model: featuriser, VAD, embeddings, backbone, heads (text, flow-matching audio,
     turn, delegate, end-of-turn detector), turn policy and vocoder, 12 tokens per session.
     The model step (`runner.step`) and the backbone alone are timed inside the same ticks.
-(b) vLLM on the same checkpoint folder (`vllm_backbone.py`): per tick, every session's whole
-    history plus the tick's 12 new seeded-random ids as one request, `max_tokens=1`, prefix
-    caching on. That is backbone + LM head for the uncached tokens plus vLLM's scheduling,
-    IPC and sampling: no audio, no heads beyond the LM head. Each session count first runs one
-    throwaway cycle of batch shapes on other ids (vLLM's CPU kernels pay once per new shape),
-    then starts from an empty prefix cache.
+(b) vLLM on the same checkpoint folder (`vllm_backbone.py`, in a process of its own): per
+    tick, every session's whole history plus the tick's 12 new seeded-random ids as one request,
+    `max_tokens=1`, prefix caching on, one engine forward for all of them. That is backbone + LM
+    head for the uncached tokens plus vLLM's input processing, scheduling and sampling: no
+    audio, no heads beyond the LM head. Each session count first runs one throwaway cycle of
+    batch shapes on other ids (vLLM's CPU kernels pay once per new shape), then starts from an
+    empty prefix cache.
 
 Each side's floor (its matmul FLOPs at the matmul rate measured in the same process) goes
 with the times, so that the ratio can be read against what each side must compute: microturn
@@ -18,9 +19,10 @@ the whole interaction model over a 256-entry window, vLLM the decoder over the u
 
 The sides take turns every 5 ticks, so both see the same minutes of load from other jobs on
 the shared cores (run one after the other, a busy minute landed on one side only and moved the
-ratio tenfold). Before each microturn turn the bench waits 1.2 s: vLLM's worker busy-polls
-its queue for 1 s after each message before it sleeps, and would otherwise slow microturn.
-Both sides compute on one thread by default (see NOTES["threads"] for why).
+ratio tenfold). Both sides compute on one thread by default (see NOTES["threads"] for why).
+After the timed ticks, each side's matrix products are replayed alone (microturn's) and each
+side is profiled op by op over a few more ticks (`op_profile`; vLLM's in its own process):
+`profile` says where each side's tick goes, side by side.
 microturn's cache is 4 sinks + a 252-entry ring, and it attends over all of it every tick;
 vLLM's histories grow instead (windowing them would defeat the prefix cache). With the
 default 5 warm-up + 30 timed ticks, vLLM's timed contexts run from 72 to 420 tokens, 246 on
@@ -41,6 +43,7 @@ from typing import Any
 import torch
 
 from cluster.bench.gemm_replay import record_matmuls, replay
+from cluster.bench.op_profile import profile_ticks
 from cluster.bench.tick import synthetic_chunks
 from cluster.bench.tick_floor import matmul_rate_gflops, tick_flops
 from cluster.bench.vllm_backbone import BLOCK_SIZE, VllmBackbone, seeded_ids
@@ -58,8 +61,8 @@ log = logging.getLogger(__name__)
 WARMUP_TICKS = 5
 ROUND_TICKS = 5  # the sides take turns every this many ticks
 REPLAY_TICKS = 3  # microturn ticks whose matrix products are replayed alone (after the timed ones)
-VLLM_IDLE_S = 1.2  # vLLM's worker busy-polls its queue for 1 s after each message, then sleeps
-TARGET_RATIO = 3.0  # DESIGN.md §6: microturn's tick >= 3x faster than vLLM's at 32 sessions
+PROFILE_TICKS = 3  # ticks of each side profiled op by op (after the timed ones)
+TARGET_RATIO = 2.0  # DESIGN.md §6: microturn's tick >= 2x faster than vLLM's at 32 sessions
 
 NOTES = {
     "microturn_tick": "TickScheduler.tick(): the whole interaction model per session and tick "
@@ -71,22 +74,29 @@ NOTES = {
     "microturn_backbone": "the decoder stack alone inside the same ticks (no embeddings, no heads)",
     "vllm_tick": "one LLM.generate() with every session's history + 12 new ids, max_tokens=1: "
                  "backbone + LM head on the uncached tokens (the 12 new ones and the partly filled "
-                 "last block), plus vLLM's input processing, scheduling, IPC and sampling; no audio, "
+                 "last block), plus vLLM's input processing, scheduling and sampling; no audio, "
                  "vision or interaction heads",
     "histories": "vLLM histories grow for the whole run (no window), microturn's cache is 4 sinks + "
                  "252 ring entries; see vllm_context_tokens_mean",
-    "order": "the sides take turns every 5 timed ticks (after 1.2 s for vLLM's worker to stop "
-             "polling), so both see the same load from other jobs; load_average has it",
+    "order": "the sides take turns every 5 timed ticks, so both see the same load from other jobs; "
+             "load_average has it",
+    "vllm_forwards_per_tick": "engine steps that ran the model in a tick: 1 when the scheduler "
+                              "batched every session's request into one forward, as microturn does",
+    "profile": f"{PROFILE_TICKS} ticks of each side after the timed ones under torch.profiler (in vLLM's "
+               "process for vLLM): every op's own CPU time per tick, the matrix products among it "
+               "(ATen's and vLLM's oneDNN linears; vLLM's fused MoE and attention kernels hold their "
+               "products inside) and the largest ops. The profiler slows small ops: read the split, "
+               "not the wall time",
     "vllm_tick_ms_p50_only_new_tokens": "p50 over the ticks where every history was block-aligned, "
                                         "so vLLM computed just the 12 new ids per session, as microturn "
                                         "does (1 tick in 8; see vllm_ticks_only_new_tokens)",
-    "threads": "one compute thread each by default: vLLM's default CPU binding computes on one core "
-               "and leaves the other to its scheduler process (binding both was worse); microturn "
-               "runs microturn_threads torch threads (2 threads on these shared, oversubscribed "
-               "cores gave p50 167-1617 ms and multi-second p99 at 32 sessions, 1 thread 71-79 ms)",
+    "threads": "microturn_threads torch threads each side, 1 by default: vLLM's host process (its "
+               "engine core in it, no scheduler process) computes on as many (vllm.compute_threads); "
+               "2 threads on these shared, oversubscribed cores once gave microturn p50 167-1617 ms "
+               "and multi-second p99 at 32 sessions, 1 thread 71-79 ms",
     "ratio": "vLLM / microturn, > 1 means microturn is faster",
     "floors": "each side's matmul FLOPs per tick at the matmul rate measured in this process on "
-              "microturn_threads threads (matmul_gflops; vLLM computes on one core as well): microturn's "
+              "microturn_threads threads (matmul_gflops; vLLM computes on as many): microturn's "
               "as bench tick counts them, vLLM's for the tokens it computed (decoder over the uncached "
               "tokens, each attending to its whole history, and the LM head for the sampled position). "
               "ratio_at_microturn_floor = vLLM p50 / microturn's floor: the most a microturn tick with "
@@ -120,8 +130,9 @@ def _compare(sessions: Sequence[int], ticks: int, preset: str, checkpoint: Path 
     model = load_checkpoint(folder)
     tpt = model.cfg.tokens_per_tick
     probe = _greedy_probe(model, seed)
-    max_model_len = _round_up(tpt * (warmup + ticks) + 1, BLOCK_SIZE)
-    engine = VllmBackbone(folder, max(sessions), max_model_len, tpt, compile=vllm_compile, seed=seed)
+    max_model_len = _round_up(tpt * (warmup + ticks + PROFILE_TICKS) + 1, BLOCK_SIZE)
+    engine = VllmBackbone(folder, max(sessions), max_model_len, tpt, compile=vllm_compile, seed=seed,
+                          compute_threads=torch.get_num_threads())
     results = []
     try:
         engine.start()
@@ -130,17 +141,15 @@ def _compare(sessions: Sequence[int], ticks: int, preset: str, checkpoint: Path 
         for b in sessions:
             ours, theirs = _MicroturnRun(model, b), _VllmRun(engine, b, tpt, seed, model.cfg)
             theirs.warm(warmup)
-            time.sleep(VLLM_IDLE_S)
             ours.run(warmup, timed=False)
             for done in range(0, ticks, ROUND_TICKS):  # the same minutes of shared-core load for both
                 n = min(ROUND_TICKS, ticks - done)
-                time.sleep(VLLM_IDLE_S)
                 ours.run(n)
                 theirs.run(n)
             floors = _Floors(matmul_rate_gflops(), sum(tick_flops(ours.engine, b).values()))
-            time.sleep(VLLM_IDLE_S)
             products = replay(record_matmuls(lambda: ours.run(1, timed=False), REPLAY_TICKS))
             results.append(_row(b, ours.ms, theirs.ms, tpt, floors, products.replay_ms))
+            results[-1]["profile"] = _profiles(ours, theirs)
             log.info("%d sessions: microturn tick p50 %.1f ms (backbone %.1f), vllm %.1f ms: ratio %.2f", b,
                      results[-1]["microturn_tick_ms_p50"], results[-1]["microturn_backbone_ms_p50"],
                      results[-1]["vllm_tick_ms_p50"], results[-1]["ratio_p50"])
@@ -167,6 +176,14 @@ def _compare(sessions: Sequence[int], ticks: int, preset: str, checkpoint: Path 
         "cpu_count": os.cpu_count(),
         "notes": NOTES,
     }
+
+
+def _profiles(ours: _MicroturnRun, theirs: _VllmRun) -> dict[str, Any]:
+    """Each side op by op over PROFILE_TICKS more ticks (vLLM's in its own process)."""
+    mine = profile_ticks(lambda n: ours.run(n, timed=False), PROFILE_TICKS)
+    theirs.engine.start_profile()
+    theirs.run(PROFILE_TICKS, timed=False)
+    return {"microturn": mine.to_json(), "vllm": theirs.engine.stop_profile(PROFILE_TICKS).to_json()}
 
 
 class _MicroturnRun:
@@ -210,7 +227,8 @@ class _VllmRun:
         self.gens = [torch.Generator().manual_seed(seed * 1_000_003 + sessions * 1_000 + i)
                      for i in range(sessions)]
         self.histories: list[list[int]] = [[] for _ in range(sessions)]
-        self.ms: dict[str, list[float]] = {"tick": [], "context": [], "cached": [], "computed": [], "flops": []}
+        self.ms: dict[str, list[float]] = {"tick": [], "context": [], "cached": [], "computed": [], "flops": [],
+                                           "forwards": []}
 
     def warm(self, warmup: int) -> None:
         """A throwaway pass over one cycle of batch shapes (the uncached token count repeats
@@ -235,6 +253,7 @@ class _VllmRun:
             tick = self.engine.tick(self.histories)
             if timed:
                 self.ms["tick"].append(tick.ms)
+                self.ms["forwards"].append(tick.forwards)
                 self.ms["context"].append(tick.prompt_tokens / self.sessions)
                 self.ms["cached"].append(tick.cached_tokens / tick.prompt_tokens)
                 computed = (tick.prompt_tokens - tick.cached_tokens) / self.sessions
@@ -304,6 +323,7 @@ def _row(b: int, mt: dict[str, list[float]], vl: dict[str, list[float]], tpt: in
     row["vllm_context_tokens_mean"] = round(sum(vl["context"]) / len(vl["context"]), 1)
     row["vllm_computed_tokens_per_session_mean"] = round(sum(vl["computed"]) / len(vl["computed"]), 1)
     row["vllm_prefix_cached_fraction"] = round(sum(vl["cached"]) / len(vl["cached"]), 3)
+    row["vllm_forwards_per_tick"] = round(sum(vl["forwards"]) / len(vl["forwards"]), 2)
     aligned = [ms for ms, new in zip(vl["tick"], vl["computed"], strict=True) if new <= tpt]
     row["vllm_tick_ms_p50_only_new_tokens"] = p(aligned, 50) if aligned else None
     row["vllm_ticks_only_new_tokens"] = len(aligned)
