@@ -1,4 +1,6 @@
-"""Where a tick's time goes, op by op: `torch.profiler`'s self CPU time of each op, per tick.
+"""Where a tick's time goes, op by op: `torch.profiler`'s self CPU time of each op, per tick
+(and of each region a library annotates, such as vLLM's `execute_context_*` steps: their own
+time is the Python between their ops).
 
 `bench compare` takes one on each side over the same few ticks after the timed ones, vLLM's in
 the process where its model runs, so that the two sides' time can be read op against op: which
@@ -9,6 +11,7 @@ ops a little, so these ticks are not among the timed ones; the split is what it 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 from torch.profiler import ProfilerActivity, profile
@@ -62,7 +65,7 @@ class OpProfiler:
         return op_table(((e.key, e.count, e.self_cpu_time_total / 1000) for e in events), ticks, wall_ms)
 
 
-def op_table(ops, ticks: int, wall_ms: float) -> TickProfile:
+def op_table(ops: Iterable[tuple[str, int, float]], ticks: int, wall_ms: float) -> TickProfile:
     """ops: (name, calls, self ms) over `ticks` ticks -> per tick, the TOP_OPS largest first."""
     ops = sorted(ops, key=lambda op: -op[2])
     total = sum(ms for _, _, ms in ops)
@@ -72,7 +75,7 @@ def op_table(ops, ticks: int, wall_ms: float) -> TickProfile:
     return TickProfile(ticks, round(wall_ms / ticks, 2), round(total / ticks, 2), round(products / ticks, 2), top)
 
 
-def profile_ticks(run_ticks, ticks: int) -> TickProfile:
+def profile_ticks(run_ticks: Callable[[int], None], ticks: int) -> TickProfile:
     """Profile `run_ticks(ticks)` in this process."""
     profiler = OpProfiler()
     profiler.start()
