@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass
 
 from torch.profiler import ProfilerActivity, profile
 
+from cluster.bench.gemm_replay import MATMUL_OPS
+
 TOP_OPS = 12
-# Matrix products as each side calls them: ATen's (microturn, vLLM's attention fallbacks) and
-# vLLM's CPU linear layers (oneDNN). vLLM's fused MoE and attention kernels run their products
-# inside one op with the rest of the block, so they are listed apart, never counted here.
-PRODUCT_OPS = frozenset({"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::matmul",
-                         "_C::onednn_mm"})
+# Matrix products as each side calls them: ATen's (the ones `gemm_replay` records) and vLLM's
+# CPU linear layers (oneDNN). vLLM's fused MoE and attention kernels run their products inside
+# one op with the rest of the block, so they are listed apart, never counted here.
+PRODUCT_OPS = frozenset({op.default.name() for op in MATMUL_OPS} | {"_C::onednn_mm"})
 
 
 @dataclass(frozen=True)
